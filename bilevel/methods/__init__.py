@@ -1,0 +1,18 @@
+"""Hypergradient methods, one module each, registered by name.
+
+>>> import bilevel
+>>> bilevel.methods.get("cg", iterations=50)
+>>> bilevel.methods.names()
+"""
+from .base import HypergradientMethod, HypergradientResult, get, names, register
+from .conjugate_gradient import ConjugateGradient
+from .exact import Exact
+from .finite_difference import FiniteDifference
+from .first_order import FirstOrder
+from .identity_implicit import IdentityImplicit
+from .implicit import Implicit, ImplicitMethod
+from .neumann import Neumann
+from .unroll import Unroll
+
+__all__ = ["HypergradientMethod", "HypergradientResult", "get", "names", "register", "ConjugateGradient", "Exact",
+           "FiniteDifference", "FirstOrder", "IdentityImplicit", "Implicit", "ImplicitMethod", "Neumann", "Unroll"]

@@ -1,0 +1,8 @@
+"""Linear solvers for implicit differentiation, all with the signature ``solver(matvec, b, x0=None)``."""
+from .base import SolveInfo, SolverDivergedError
+from .cg import ConjugateGradientSolver
+from .dense import DenseSolver
+from .neumann import NeumannSolver, largest_eigenvalue
+
+__all__ = ["SolveInfo", "SolverDivergedError", "ConjugateGradientSolver", "DenseSolver", "NeumannSolver",
+           "largest_eigenvalue"]

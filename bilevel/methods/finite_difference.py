@@ -1,0 +1,58 @@
+"""DARTS' second-order approximation by central finite differences (Liu et al., 2019, eqs. 7-8)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .. import params as P
+from ..validation import require_positive
+from .base import HypergradientMethod, HypergradientResult, register
+
+
+def finite_difference_mixed_product(inner_loss, inner_params, outer_params, batch, direction, epsilon):
+    """``(d^2 g / dx dw) v`` by a central difference of ``grad_x g`` along ``v``, with ``e = epsilon / ||v||``.
+
+    Returns ``(product, e)``; the product is exact when g is bilinear in (w, x) and has O(e^2) error otherwise.
+    The perturbed weights are new tensors, so ``inner_params`` is never changed (no drift).
+    """
+    size = P.norm(direction)
+    if size == 0:
+        return P.zeros_like(outer_params), 0.0
+    e = epsilon / size
+    plus = P.grad(inner_loss(P.detached(P.add(inner_params, direction, e)), outer_params, batch), outer_params)
+    minus = P.grad(inner_loss(P.detached(P.add(inner_params, direction, -e)), outer_params, batch), outer_params)
+    return P.scale(P.sub(plus, minus), 1.0 / (2 * e)), float(e)
+
+
+@register("finite_difference", "darts")
+@dataclass
+class FiniteDifference(HypergradientMethod):
+    """One virtual SGD step, differentiated with a finite-difference Hessian-vector product.
+
+    With w the current inner parameters and eta the inner learning rate:
+
+        w' = w - eta * grad_w g(w, x)
+        v  = grad_w f(w', x)
+        d f(w', x) / dx = grad_x f(w', x) - eta * [grad_x g(w + e v, x) - grad_x g(w - e v, x)] / (2e),  e = epsilon/||v||
+
+    This is the exact derivative of the one-step unroll up to O(e^2). The factor eta matters: dropping it (as one
+    popular library does) scales the second-order term by 1/eta, e.g. 3,300x at Adam's lr 3e-4.
+    Cost: four forward+backward passes (inner at w, outer at w', inner at w +- e v); no second derivatives.
+    """
+
+    lr: float = 0.01
+    epsilon: float = 0.01
+
+    def __post_init__(self):
+        require_positive("FiniteDifference", lr=self.lr, epsilon=self.epsilon)
+
+    def compute(self, inner_loss, outer_loss, inner_params, outer_params, inner_batch, outer_batch, state=None):
+        detached_outer = P.detached(outer_params)
+        step = P.grad(inner_loss(inner_params, detached_outer, inner_batch), inner_params)
+        virtual = P.detached(P.add(inner_params, step, -self.lr), requires_grad=True)
+        outer = outer_loss(virtual, outer_params, outer_batch)
+        grad_x, v = P.grad_pair(outer, outer_params, virtual)
+        mixed, e = finite_difference_mixed_product(inner_loss, inner_params, outer_params, inner_batch, v, self.epsilon)
+        grads = {k: grad_x[k] - self.lr * mixed[k] for k in grad_x}
+        return HypergradientResult(grads, {"gradient_evaluations": 4, "perturbation": e,
+                                           "outer_loss": outer.detach()})
+
