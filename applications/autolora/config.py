@@ -1,0 +1,203 @@
+"""Configuration dataclasses for AutoLoRA: the method, the search, the retraining and the run.
+
+Every field carries its help text in ``metadata["help"]`` (the CLI builds ``--help`` from it) and is
+validated in ``__post_init__`` with an error that names the field. All configs round-trip through JSON::
+
+    cfg = AutoLoraConfig(k=4)
+    assert AutoLoraConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["AutoLoraConfig", "SearchConfig", "RetrainConfig", "RunConfig", "RANK_SCALINGS", "DEVICES"]
+
+RANK_SCALINGS = ("peft", "search")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _check(condition: bool, cls: str, name: str, message: str) -> None:
+    if not condition:
+        raise ValueError(f"{cls}: {name} {message}")
+
+
+class _JsonConfig:
+    """JSON round trip shared by the config dataclasses."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"{cls.__name__}.from_dict: unknown field(s) {unknown}; valid fields: {sorted(names)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str):
+        return cls.from_dict(json.loads(text))
+
+
+@dataclass
+class AutoLoraConfig(_JsonConfig):
+    """The AutoLoRA method: which matrices get a gated LoRA update, and how ranks are read off the gates.
+
+    During the search an adapted weight W (out x in) becomes
+    ``W + (lora_alpha / k) * sum_j a_j B[:, j] A[j, :]`` with ``a = softmax(lora_logits)``.
+    After thresholding, the retraining uses plain PEFT LoRA with rank r per matrix and scaling
+    ``lora_alpha / r`` (``rank_scaling="peft"``, PEFT's and the original code's convention), or the search's
+    ``lora_alpha / k`` kept for every rank (``rank_scaling="search"``, written as PEFT ``alpha_pattern``).
+    """
+
+    k: int = field(default=8, metadata={"help": "Number of rank-1 components per adapted matrix during the search "
+                                                  "(the maximal rank)."})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator: the search scales the update "
+                                                              "by lora_alpha/k, the retraining by lora_alpha/r."})
+    lora_dropout: float = field(default=0.1, metadata={"help": "Dropout on the input of the LoRA branch."})
+    target_modules: list[str] | None = field(default=None, metadata={
+        "help": "Modules to adapt: exact names, dotted suffixes (e.g. query value) or one full-match regex. "
+                "Default: per architecture (BERT/RoBERTa: query value; DeBERTa-v2: query_proj value_proj; GPT-2: "
+                "c_attn; LLaMA-style: q_proj v_proj)."})
+    modules_to_save: list[str] | None = field(default=None, metadata={
+        "help": "Extra modules trained fully with the LoRA weights (the task head). Default: the model's "
+                "newly initialised head (e.g. classifier, score); none for language models."})
+    threshold: float | None = field(default=None, metadata={
+        "help": "Keep the components whose softmax weight is >= threshold. Default 1/k. Must be in (0, 1]."})
+    allow_zero_rank: bool = field(default=False, metadata={
+        "help": "Allow rank 0 (drop the matrix) when no component passes the threshold; by default every "
+                "matrix keeps at least its strongest component."})
+    rank_scaling: str = field(default="peft", metadata={
+        "help": "Scaling of the retrained rank-r update: 'peft' = lora_alpha/r (PEFT and the original code), "
+                "'search' = lora_alpha/k as during the search (exported through alpha_pattern)."})
+
+    def __post_init__(self):
+        name = type(self).__name__
+        _check(isinstance(self.k, int) and self.k >= 1, name, "k", f"must be an integer >= 1, got {self.k!r}")
+        _check(self.lora_alpha > 0, name, "lora_alpha", f"must be > 0, got {self.lora_alpha!r}")
+        _check(0.0 <= self.lora_dropout < 1.0, name, "lora_dropout", f"must be in [0, 1), got {self.lora_dropout!r}")
+        if self.threshold is not None:
+            _check(0.0 < self.threshold <= 1.0, name, "threshold", f"must be in (0, 1], got {self.threshold!r}")
+        _check(self.rank_scaling in RANK_SCALINGS, name, "rank_scaling",
+               f"must be one of {list(RANK_SCALINGS)}, got {self.rank_scaling!r}")
+        for attr in ("target_modules", "modules_to_save"):
+            value = getattr(self, attr)
+            if isinstance(value, str):
+                setattr(self, attr, [value])
+            elif value is not None:
+                _check(len(value) > 0 and all(isinstance(v, str) and v for v in value), name, attr,
+                       f"must be a non-empty list of module names or None, got {value!r}")
+                setattr(self, attr, list(value))
+
+    @property
+    def effective_threshold(self) -> float:
+        """The threshold in use: ``threshold`` or 1/k."""
+        return self.threshold if self.threshold is not None else 1.0 / self.k
+
+
+@dataclass
+class SearchConfig(_JsonConfig):
+    """The bilevel rank search: LoRA weights (lower level) on one split, selection logits (upper) on the other."""
+
+    method: str = field(default="finite_difference", metadata={
+        "help": "Hypergradient method registered in bilevel.methods (e.g. finite_difference, identity_implicit "
+                "= the original code's variant, darts, first_order, unroll, neumann, cg)."})
+    method_kwargs: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "JSON dict of keyword arguments for the method. A method taking `lr` gets the LoRA learning rate "
+                "unless given here."})
+    validation_fraction: float = field(default=0.3, metadata={
+        "help": "Fraction of the training data held out for the upper level (the selection logits)."})
+    learning_rate: float = field(default=3e-4, metadata={"help": "Adam learning rate of the LoRA weights and head."})
+    weight_decay: float = field(default=0.0, metadata={"help": "Weight decay of the LoRA weights and head."})
+    alpha_learning_rate: float = field(default=3e-4, metadata={"help": "Adam learning rate of the selection logits."})
+    alpha_betas: list[float] = field(default_factory=lambda: [0.5, 0.999], metadata={
+        "help": "Adam betas of the selection logits."})
+    alpha_weight_decay: float = field(default=0.0, metadata={"help": "Weight decay of the selection logits."})
+    batch_size: int = field(default=32, metadata={"help": "Batch size of both levels (padded to the longest)."})
+    epochs: float = field(default=2.0, metadata={"help": "Search length in passes over the lower-level split."})
+    max_steps: int | None = field(default=None, metadata={
+        "help": "Search length in outer steps (one LoRA step + one logit step each); overrides --epochs."})
+    warmup_steps: int = field(default=0, metadata={
+        "help": "LoRA-only steps before the logits start moving."})
+    record_every: int = field(default=10, metadata={"help": "Record the selection weights every N steps."})
+    seed: int = field(default=42, metadata={"help": "Seed of the split, the initialisation and the batch order."})
+
+    def __post_init__(self):
+        name = type(self).__name__
+        _check(isinstance(self.method, str) and self.method, name, "method", "must be a method name")
+        _check(isinstance(self.method_kwargs, dict), name, "method_kwargs",
+               f"must be a dict (JSON object), got {self.method_kwargs!r}")
+        _check(0.0 < self.validation_fraction < 1.0, name, "validation_fraction",
+               f"must be in (0, 1), got {self.validation_fraction!r}")
+        for attr in ("learning_rate", "alpha_learning_rate"):
+            _check(getattr(self, attr) > 0, name, attr, f"must be > 0, got {getattr(self, attr)!r}")
+        for attr in ("weight_decay", "alpha_weight_decay"):
+            _check(getattr(self, attr) >= 0, name, attr, f"must be >= 0, got {getattr(self, attr)!r}")
+        self.alpha_betas = list(self.alpha_betas)
+        _check(len(self.alpha_betas) == 2 and all(0.0 <= b < 1.0 for b in self.alpha_betas), name, "alpha_betas",
+               f"must be two numbers in [0, 1), got {self.alpha_betas!r}")
+        _check(isinstance(self.batch_size, int) and self.batch_size >= 1, name, "batch_size",
+               f"must be an integer >= 1, got {self.batch_size!r}")
+        _check(self.epochs > 0 and math.isfinite(self.epochs), name, "epochs", f"must be > 0, got {self.epochs!r}")
+        if self.max_steps is not None:
+            _check(self.max_steps >= 1, name, "max_steps", f"must be >= 1 or None, got {self.max_steps!r}")
+        _check(self.warmup_steps >= 0, name, "warmup_steps", f"must be >= 0, got {self.warmup_steps!r}")
+        _check(self.record_every >= 1, name, "record_every", f"must be >= 1, got {self.record_every!r}")
+
+
+@dataclass
+class RetrainConfig(_JsonConfig):
+    """Retraining with the learned ranks: fresh PEFT LoRA on the training and validation splits combined.
+
+    The retraining starts from fresh LoRA weights (Kaiming-uniform A, zero B), as in the paper; the searched
+    components only decide the ranks.
+    """
+
+    learning_rate: float = field(default=5e-4, metadata={"help": "AdamW learning rate of the retraining."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay of the retraining."})
+    batch_size: int = field(default=32, metadata={"help": "Retraining batch size (padded to the longest)."})
+    eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch size."})
+    epochs: float = field(default=3.0, metadata={"help": "Retraining length in passes over the training data."})
+    max_steps: int | None = field(default=None, metadata={
+        "help": "Retraining length in optimizer steps; overrides --retrain-epochs."})
+    warmup_ratio: float = field(default=0.06, metadata={
+        "help": "Fraction of the steps with a linear learning-rate warmup (then linear decay to 0)."})
+    seed: int = field(default=42, metadata={"help": "Seed of the LoRA initialisation and the batch order."})
+    merge: bool = field(default=False, metadata={
+        "help": "Also save the model with the adapter merged into the weights (merge_and_unload) under merged/."})
+
+    def __post_init__(self):
+        name = type(self).__name__
+        _check(self.learning_rate > 0, name, "learning_rate", f"must be > 0, got {self.learning_rate!r}")
+        _check(self.weight_decay >= 0, name, "weight_decay", f"must be >= 0, got {self.weight_decay!r}")
+        for attr in ("batch_size", "eval_batch_size"):
+            _check(isinstance(getattr(self, attr), int) and getattr(self, attr) >= 1, name, attr,
+                   f"must be an integer >= 1, got {getattr(self, attr)!r}")
+        _check(self.epochs > 0 and math.isfinite(self.epochs), name, "epochs", f"must be > 0, got {self.epochs!r}")
+        if self.max_steps is not None:
+            _check(self.max_steps >= 1, name, "max_steps", f"must be >= 1 or None, got {self.max_steps!r}")
+        _check(0.0 <= self.warmup_ratio < 1.0, name, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio!r}")
+
+
+@dataclass
+class RunConfig(_JsonConfig):
+    """Where the model comes from, where outputs go, and on which device to run."""
+
+    model_name_or_path: str | None = field(default=None, metadata={
+        "help": "Hugging Face model name or local directory (required except for `demo` and `report`)."})
+    output_dir: str | None = field(default=None, metadata={"help": "Directory for all outputs."})
+    overwrite: bool = field(default=False, metadata={"help": "Allow writing into a non-empty --output-dir."})
+    device: str = field(default="auto", metadata={"help": f"Device: one of {list(DEVICES)} (auto = cuda if available)."})
+    progress: bool = field(default=True, metadata={"help": "Show progress bars."})
+
+    def __post_init__(self):
+        name = type(self).__name__
+        _check(self.device in DEVICES, name, "device", f"must be one of {list(DEVICES)}, got {self.device!r}")
