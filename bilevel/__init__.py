@@ -1,11 +1,17 @@
 """bilevel: hypergradients and bilevel optimization for PyTorch.
 
-Functional core: :func:`hypergradient` with methods from :mod:`bilevel.methods`; object layer: :class:`Problem`,
-:class:`Engine`, :class:`EngineConfig`.
+Functional core: :func:`hypergradient` with methods from :mod:`bilevel.methods` and linear solvers from
+:mod:`bilevel.solvers`. Object layer: :class:`Problem` (one level), :class:`Engine` (the loop), :class:`EngineConfig`.
 """
 from . import methods, solvers
+from .config import EngineConfig
+from .engine import Engine
+from .history import MetricsHistory
 from .hypergradient import hypergradient
-from .methods import HypergradientResult
+from .methods import HypergradientMethod, HypergradientResult
+from .problem import Problem
+from .second_order import SecondDerivativeError
 
-__all__ = ["hypergradient", "methods", "solvers", "HypergradientResult"]
+__all__ = ["hypergradient", "methods", "solvers", "Problem", "Engine", "EngineConfig", "MetricsHistory",
+           "HypergradientMethod", "HypergradientResult", "SecondDerivativeError"]
 __version__ = "0.1.0"

@@ -1,0 +1,146 @@
+"""The outer loop: real inner steps, then a hypergradient step of the outer level; logging and validation."""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict, Optional
+
+import torch
+
+from . import methods as _methods
+from .config import EngineConfig
+from .history import MetricsHistory
+from .hypergradient import hypergradient
+from .params import Params, detached
+from .problem import Problem
+from .second_order import check_second_order_support
+
+
+class Engine:
+    """Runs a bilevel problem: ``inner`` is trained on its data, ``outer`` is updated with hypergradients.
+
+    Each outer step: ``config.inner_steps`` real optimizer steps of the inner level (outer parameters held fixed and
+    detached), then one hypergradient of the outer loss through the inner level by ``method``, written into the outer
+    parameters' ``.grad`` and applied by the outer optimizer. Method state (e.g. warm starts) is kept between steps.
+
+    >>> engine = Engine(inner=Train(model, ...), outer=Validate(hyper, ...), method="cg",
+    ...                 config=EngineConfig(outer_steps=200))
+    >>> engine.run()
+    """
+
+    def __init__(self, inner: Problem, outer: Problem, method: Any = "finite_difference",
+                 config: Optional[EngineConfig] = None,
+                 on_validate: Optional[Callable[["Engine"], Optional[Dict[str, float]]]] = None,
+                 on_step: Optional[Callable[["Engine", int], None]] = None):
+        self.inner, self.outer = inner, outer
+        inner.outer, outer.inner = outer, inner
+        self.method = _methods.get(method)
+        self.config = config or EngineConfig()
+        self.on_validate, self.on_step = on_validate, on_step
+        for level in (inner, outer):
+            if level.optimizer is None:
+                raise ValueError(f"Engine: problem '{level.name}' has no optimizer; pass optimizer=... to it")
+        overlap = set(map(id, inner.stored_params.values())) & set(map(id, outer.stored_params.values()))
+        if overlap:
+            raise ValueError("Engine: the inner and outer levels share parameters; each parameter belongs to one level")
+        self.history = MetricsHistory(self.config.tensorboard_dir)
+        self.step = 0
+        self.method_state: Any = None
+        self.last_result: Optional[_methods.HypergradientResult] = None
+        self._last_inner_batch: Any = None
+
+    # The two losses in functional form, as the methods see them.
+    def inner_loss(self, inner_params: Params, outer_params: Params, batch: Any) -> torch.Tensor:
+        with self.inner.bind(inner_params), self.outer.bind(outer_params):
+            return self.inner.loss(batch)
+
+    def outer_loss(self, inner_params: Params, outer_params: Params, batch: Any) -> torch.Tensor:
+        with self.inner.bind(inner_params), self.outer.bind(outer_params):
+            return self.outer.loss(batch)
+
+    def inner_step(self) -> float:
+        """One real optimizer step of the inner level on its next batch, outer parameters detached."""
+        batch = self.inner.next_batch()
+        self._last_inner_batch = batch
+        self.inner.optimizer.zero_grad(set_to_none=True)
+        with self.outer.bind(detached(self.outer.stored_params)):
+            loss = self.inner.loss(batch)
+        self._check_finite(loss, "inner", "loss")
+        loss.backward()
+        self.inner.optimizer.step()
+        return float(loss.detach())
+
+    def outer_step(self) -> _methods.HypergradientResult:
+        """One hypergradient of the outer loss and one outer optimizer step."""
+        inner_batch = self._last_inner_batch if self._last_inner_batch is not None else self.inner.next_batch()
+        result = hypergradient(self.inner_loss, self.outer_loss, self.inner.stored_params, self.outer.stored_params,
+                               inner_batch, self.outer.next_batch(), self.method, state=self.method_state,
+                               return_result=True)
+        for name, value in result.grads.items():
+            self._check_finite(value, "outer", f"hypergradient of '{name}'")
+        self.method_state = result.state
+        for name, parameter in self.outer.stored_params.items():
+            parameter.grad = result.grads[name].to(parameter.dtype)
+        self.outer.optimizer.step()
+        self.outer.optimizer.zero_grad(set_to_none=True)
+        self.last_result = result
+        return result
+
+    def run(self) -> MetricsHistory:
+        """Run until ``config.outer_steps`` outer steps are done (continuing from ``self.step``)."""
+        config = self.config
+        if config.seed is not None and self.step == 0:
+            torch.manual_seed(config.seed)
+        if self.method.needs_second_derivatives:
+            for module in {id(p.module): p.module for p in (self.inner, self.outer) if p.module is not None}.values():
+                check_second_order_support(module, self.method.name)
+        if self.step == 0:
+            for _ in range(config.warmup_inner_steps):
+                self.inner_step()
+        bar = _progress(config.outer_steps, self.step, config.progress)
+        while self.step < config.outer_steps:
+            inner_loss = math.nan
+            for _ in range(config.inner_steps):
+                inner_loss = self.inner_step()
+            result = self.outer_step()
+            self.step += 1
+            if self.step % config.log_every == 0 or self.step == config.outer_steps:
+                self.history.log(self.step, inner_loss=inner_loss, **_numeric(result.diagnostics))
+                if bar is not None:
+                    bar.set_postfix(inner_loss=f"{inner_loss:.4g}", outer_loss=f"{self.history.last('outer_loss') or math.nan:.4g}")
+            if self.on_validate is not None and (
+                    (config.validate_every and self.step % config.validate_every == 0) or self.step == config.outer_steps):
+                metrics = self.on_validate(self)
+                if metrics:
+                    self.history.log(self.step, **{f"val_{k}": float(v) for k, v in metrics.items()})
+            if self.on_step is not None:
+                self.on_step(self, self.step)
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        return self.history
+
+    def _check_finite(self, value: torch.Tensor, level: str, quantity: str) -> None:
+        if self.config.check_finite and not bool(torch.isfinite(value).all()):
+            raise FloatingPointError(f"Engine: non-finite {quantity} at outer step {self.step + 1} ({level} level); "
+                                     "lower the learning rates, or check the data and the method's settings")
+
+
+def _numeric(diagnostics: Dict[str, Any]) -> Dict[str, float]:
+    out = {}
+    for key, value in diagnostics.items():
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            out[key] = float(value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = float(value)
+    return out
+
+
+def _progress(total: int, done: int, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is optional for bilevel
+        return None
+    return tqdm(total=total, initial=done, desc="outer steps", dynamic_ncols=True)

@@ -1,0 +1,131 @@
+"""One level of a bilevel problem: its parameters, optimizer, data and loss."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional
+
+import torch
+from torch.func import functional_call
+
+from .params import Params
+
+
+class Problem:
+    """A level of a bilevel problem; subclass it and define ``loss(batch)``.
+
+    Args:
+        module: an ``nn.Module`` the loss runs (optional; a level may own plain tensors).
+        params: the trainable parameters of this level: a dict ``name -> Parameter``, a list of parameter names of
+            ``module``, or ``None`` for all of ``module``'s parameters that require grad.
+        optimizer: a ``torch.optim.Optimizer`` over those parameters, or a callable ``params_list -> optimizer``.
+        data: an iterable of batches, restarted when exhausted (``None`` when the loss needs no data).
+        name: for messages and logs.
+
+    Calling the problem, ``self(...)``, runs ``module`` through ``torch.func.functional_call`` with the parameters in
+    play: during a hypergradient these are the values the method is evaluating (virtual steps, perturbations), for
+    this level and for the other level when both share one module. A level reaches the other as ``self.inner`` or
+    ``self.outer``, and reads parameters in play through ``self.params`` / ``self.outer.params``. While parameters are
+    bound, buffers are passed as copies: passes inside a hypergradient never change BatchNorm statistics, which only
+    the real optimizer steps of a level update.
+    """
+
+    def __init__(self, module: Optional[torch.nn.Module] = None, params: Any = None, optimizer: Any = None,
+                 data: Optional[Iterable] = None, name: Optional[str] = None):
+        self.name = name or type(self).__name__
+        self.module = module
+        self._params = self._resolve_params(params)
+        self.optimizer = optimizer(list(self._params.values())) if _is_factory(optimizer) else optimizer
+        self.data = data
+        self._iterator: Optional[Iterator] = None
+        self._bound: Optional[Params] = None
+        self.inner: Optional[Problem] = None
+        self.outer: Optional[Problem] = None
+
+    def loss(self, batch: Any) -> torch.Tensor:
+        raise NotImplementedError(f"{self.name}: define loss(self, batch) in your Problem subclass")
+
+    @property
+    def params(self) -> Params:
+        """Parameters in play: the bound values during a hypergradient pass, the stored ones otherwise."""
+        return self._bound if self._bound is not None else self._params
+
+    @property
+    def stored_params(self) -> Dict[str, torch.Tensor]:
+        """The parameters this level's optimizer updates."""
+        return self._params
+
+    @property
+    def other(self) -> Optional["Problem"]:
+        return self.outer if self.outer is not None else self.inner
+
+    @contextmanager
+    def bind(self, params: Params):
+        """Put ``params`` in play for this level inside the block."""
+        previous, self._bound = self._bound, params
+        try:
+            yield
+        finally:
+            self._bound = previous
+
+    def __call__(self, *args, **kwargs):
+        if self.module is None:
+            raise TypeError(f"{self.name}: this problem has no module to call; pass module=... when creating it")
+        bound: Dict[str, torch.Tensor] = {}
+        for level in (self.other, self):
+            if level is not None and level._bound is not None and level.module is self.module:
+                bound.update(level._bound)
+        if not bound:
+            return self.module(*args, **kwargs)
+        buffers = {name: buffer.clone() for name, buffer in self.module.named_buffers()}
+        return functional_call(self.module, {**buffers, **bound}, args, kwargs, strict=False)
+
+    def next_batch(self) -> Any:
+        """The next batch of ``data``, restarting the iterable when it is exhausted."""
+        if self.data is None:
+            return None
+        if self._iterator is None:
+            self._iterator = iter(self.data)
+        try:
+            return next(self._iterator)
+        except StopIteration:
+            self._iterator = iter(self.data)
+            try:
+                return next(self._iterator)
+            except StopIteration:
+                raise ValueError(f"{self.name}: data yields no batches; pass a non-empty iterable") from None
+
+    def _resolve_params(self, params: Any) -> Dict[str, torch.Tensor]:
+        if params is None:
+            if self.module is None:
+                raise ValueError(f"{self.name}: pass params=... (a dict of tensors) or a module")
+            resolved = {n: p for n, p in self.module.named_parameters() if p.requires_grad}
+        elif isinstance(params, dict):
+            resolved = dict(params)
+        elif isinstance(params, (list, tuple)) and all(isinstance(p, str) for p in params):
+            if self.module is None:
+                raise ValueError(f"{self.name}: params given as names need a module to look them up in")
+            available = dict(self.module.named_parameters())
+            missing = [p for p in params if p not in available]
+            if missing:
+                raise ValueError(f"{self.name}: no parameters named {missing} in the module; it has "
+                                 f"{_preview(list(available))}")
+            resolved = {p: available[p] for p in params}
+        else:
+            raise TypeError(f"{self.name}: params must be a dict name -> tensor, a list of parameter names or None, "
+                            f"got {type(params).__name__}")
+        if not resolved:
+            raise ValueError(f"{self.name}: no trainable parameters; pass params=... or unfreeze some")
+        for name, value in resolved.items():
+            if not (isinstance(value, torch.Tensor) and value.is_floating_point() and value.requires_grad):
+                raise ValueError(f"{self.name}: parameter '{name}' must be a floating-point tensor with "
+                                 "requires_grad=True")
+        return resolved
+
+
+def _is_factory(optimizer: Any) -> bool:
+    return callable(optimizer) and not isinstance(optimizer, torch.optim.Optimizer)
+
+
+def _preview(names: list, limit: int = 12) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
