@@ -38,8 +38,11 @@ def _pattern_key(name: str, all_names: list[str]) -> str:
 
 
 def peft_config_dict(ranks: RankResult, config: AutoLoraConfig, modules_to_save: list[str] | None = None,
-                     task_kind: str | None = None) -> dict:
-    """The PEFT ``LoraConfig`` keyword arguments that reproduce the learned ranks."""
+                     task_kind: str | None = None, fan_in_fan_out: bool = False) -> dict:
+    """The PEFT ``LoraConfig`` keyword arguments that reproduce the learned ranks.
+
+    ``fan_in_fan_out`` must be True when the targets are GPT-2 ``Conv1D`` layers (weights stored (in, out)).
+    """
     active = {name: r for name, r in ranks.ranks.items() if r > 0}
     if not active:
         raise ValueError("peft_config_dict: every matrix got rank 0, so there is nothing to retrain; lower "
@@ -62,6 +65,7 @@ def peft_config_dict(ranks: RankResult, config: AutoLoraConfig, modules_to_save:
         "alpha_pattern": alpha_pattern,
         "modules_to_save": list(modules_to_save) if modules_to_save else None,
         "bias": "none",
+        "fan_in_fan_out": fan_in_fan_out,
     }
     if task_kind is not None:
         if task_kind not in PEFT_TASK_TYPES:
