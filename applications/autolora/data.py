@@ -135,12 +135,12 @@ def _load_local(config: DataConfig) -> dict[str, datasets.Dataset]:
     for split, name in SPLIT_FILES.items():
         path = getattr(config, name)
         if path is not None:
-            splits[split] = read_file(path)
+            splits[split] = read_file(path, split)
     return splits
 
 
-def read_file(path: str) -> datasets.Dataset:
-    """Read one local data file with the `datasets` builder its extension calls for."""
+def read_file(path: str, split: str = "train") -> datasets.Dataset:
+    """Read one local data file (of `split`, for messages) with the `datasets` builder its extension calls for."""
     if not os.path.isfile(path):
         raise DataError(f"data file not found: {path}")
     suffix = _suffix(path)
@@ -152,6 +152,8 @@ def read_file(path: str) -> datasets.Dataset:
     try:
         loaded = datasets.load_dataset(builder, data_files={"data": path}, **options)
     except Exception as error:  # datasets/pyarrow raise many types; re-raise with the file named
+        if "corresponds to no data" in str(error):  # datasets' way of saying the file has a header but no rows
+            raise DataError(f"{split} split is empty: file {path} has no examples") from error
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise DataError(f"could not read {builder} file {path}: {message}") from error
     return loaded["data"]
