@@ -8,6 +8,7 @@ import torch
 
 from . import methods as _methods
 from .config import EngineConfig
+from .distributed import is_distributed, mean_across_ranks
 from .history import MetricsHistory
 from .hypergradient import hypergradient
 from .params import Params, detached
@@ -66,6 +67,7 @@ class Engine:
             loss = self.inner.loss(batch)
         self._check_finite(loss, "inner", "loss")
         loss.backward()
+        _average_gradients(self.inner.stored_params)
         self.inner.optimizer.step()
         return float(loss.detach())
 
@@ -124,6 +126,15 @@ class Engine:
         if self.config.check_finite and not bool(torch.isfinite(value).all()):
             raise FloatingPointError(f"Engine: non-finite {quantity} at outer step {self.step + 1} ({level} level); "
                                      "lower the learning rates, or check the data and the method's settings")
+
+
+def _average_gradients(params: Params) -> None:
+    """DistributedDataParallel semantics for the real inner step: average ``.grad`` over ranks in one collective."""
+    if not is_distributed():
+        return
+    with_grad = {name: p.grad for name, p in params.items() if p.grad is not None}
+    for name, value in mean_across_ranks(with_grad).items():
+        params[name].grad = value
 
 
 def _numeric(diagnostics: Dict[str, Any]) -> Dict[str, float]:

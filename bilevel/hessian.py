@@ -11,6 +11,7 @@ from typing import Any, Callable
 import torch
 
 from . import params as P
+from .distributed import mean_across_ranks
 from .params import Params
 
 
@@ -25,13 +26,13 @@ class InnerHessian:
 
     def _differentiate(self, vector: Params, wrt: Params) -> Params:
         pairs = [(g, vector[k]) for k, g in self.gradient.items() if g.requires_grad]
-        if not pairs:
+        if not pairs:  # the gradient does not depend on anything: the product is zero on every rank
             return P.zeros_like(wrt)
         outputs, grad_outputs = zip(*pairs)
         grads = torch.autograd.grad(outputs, list(wrt.values()), grad_outputs=grad_outputs, retain_graph=True,
                                     allow_unused=True)
         self.products += 1
-        return P.fill_missing_grads([None if g is None else g.detach() for g in grads], wrt)
+        return mean_across_ranks(P.fill_missing_grads([None if g is None else g.detach() for g in grads], wrt))
 
     def matvec(self, vector: Params) -> Params:
         """``H_ww v``, the inner Hessian times ``v``."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..distributed import mean_across_ranks
 from ..params import grad
 from .base import HypergradientMethod, HypergradientResult, register
 
@@ -18,4 +19,4 @@ class FirstOrder(HypergradientMethod):
 
     def compute(self, inner_loss, outer_loss, inner_params, outer_params, inner_batch, outer_batch, state=None):
         loss = outer_loss(inner_params, outer_params, outer_batch)
-        return HypergradientResult(grad(loss, outer_params), {"gradient_evaluations": 1, "outer_loss": loss.detach()})
+        return HypergradientResult(mean_across_ranks(grad(loss, outer_params)), {"gradient_evaluations": 1, "outer_loss": loss.detach()})

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .. import params as P
+from ..distributed import mean_pair
 from ..hessian import InnerHessian
 from .base import HypergradientMethod, HypergradientResult, register
 
@@ -29,7 +30,7 @@ class ImplicitMethod(HypergradientMethod):
 
     def compute(self, inner_loss, outer_loss, inner_params, outer_params, inner_batch, outer_batch, state=None):
         outer = outer_loss(inner_params, outer_params, outer_batch)
-        grad_x, grad_w = P.grad_pair(outer, outer_params, inner_params)
+        grad_x, grad_w = mean_pair(*P.grad_pair(outer, outer_params, inner_params))
         hessian = InnerHessian(inner_loss, inner_params, outer_params, inner_batch)
         start = state if self.warm_start and state is not None else None
         solution, info = self.make_solver()(hessian.matvec, grad_w, start)
