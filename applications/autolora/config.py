@@ -69,7 +69,7 @@ class AutoLoraConfig(_JsonConfig):
                 "c_attn; LLaMA-style: q_proj v_proj)."})
     modules_to_save: list[str] | None = field(default=None, metadata={
         "help": "Extra modules trained fully with the LoRA weights (the task head). Default: the model's "
-                "newly initialised head (e.g. classifier, score); none for language models."})
+                "newly initialised head (e.g. classifier, score); none for language models. An empty list: no head."})
     threshold: float | None = field(default=None, metadata={
         "help": "Keep the components whose softmax weight is >= threshold. Default 1/k. Must be in (0, 1]."})
     allow_zero_rank: bool = field(default=False, metadata={
@@ -93,8 +93,11 @@ class AutoLoraConfig(_JsonConfig):
             if isinstance(value, str):
                 setattr(self, attr, [value])
             elif value is not None:
-                _check(len(value) > 0 and all(isinstance(v, str) and v for v in value), name, attr,
-                       f"must be a non-empty list of module names or None, got {value!r}")
+                # modules_to_save may be empty (no head: e.g. a language model); target_modules may not.
+                nonempty = len(value) > 0 or attr == "modules_to_save"
+                _check(nonempty and all(isinstance(v, str) and v for v in value), name, attr,
+                       f"must be a {'non-empty ' if attr == 'target_modules' else ''}list of module names or None, "
+                       f"got {value!r}")
                 setattr(self, attr, list(value))
 
     @property

@@ -1,0 +1,192 @@
+"""The AutoLoRA rank search as a bilevel problem on `bilevel.Engine`.
+
+Lower level: the LoRA weights A, B of every gated layer and the task head, trained by Adam on the lower split
+(70% of the training data by default). Upper level: the selection logits, updated by Adam (betas 0.5, 0.999) on
+the upper split (30%) with the hypergradient of the upper loss through one lower step. Each outer step is one
+real lower step, then one hypergradient and one logit step, as in the original code.
+
+The default method is ``finite_difference`` (DARTS' second-order approximation) with its virtual-step learning
+rate equal to the LoRA learning rate; ``identity_implicit`` reproduces the original code's hypergradient, and any
+method registered in `bilevel.methods` can be chosen. Both levels share one model: no copy of the model or its
+state is made per step.
+
+    model = task.load_model(path)
+    result = search(model, task.train, task.collate, AutoLoraConfig(), SearchConfig(max_steps=200))
+    result.ranks.ranks       # {"bert.encoder.layer.0.attention.self.query": 3, ...}
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+import bilevel
+
+from .config import AutoLoraConfig, SearchConfig
+from .injection import gated_layers, inject_gated_lora, lower_parameters, upper_parameters
+from .ranks import RankResult, compute_ranks
+
+__all__ = ["LoraTraining", "GateSelection", "SearchResult", "Trajectory", "search", "split_train",
+           "build_method", "DeviceLoader"]
+
+logger = logging.getLogger(__name__)
+
+
+class LoraTraining(bilevel.Problem):
+    """Lower level: the task loss of the model on the lower split, as a function of LoRA weights and head."""
+
+    def loss(self, batch):
+        return self(**batch).loss
+
+
+class GateSelection(bilevel.Problem):
+    """Upper level: the task loss on the upper split, as a function of the selection logits."""
+
+    def loss(self, batch):
+        return self.inner(**batch).loss
+
+
+class DeviceLoader:
+    """Iterates a DataLoader and moves each batch (a dict of tensors) to ``device``."""
+
+    def __init__(self, loader: DataLoader, device: torch.device):
+        self.loader, self.device = loader, device
+
+    def __iter__(self):
+        for batch in self.loader:
+            yield {key: value.to(self.device) for key, value in batch.items()}
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+
+@dataclass
+class Trajectory:
+    """Softmax selection weights recorded during the search: ``weights[name][i]`` at ``steps[i]``."""
+
+    steps: list[int] = field(default_factory=list)
+    weights: dict[str, list[list[float]]] = field(default_factory=dict)
+
+    def record(self, step: int, model: nn.Module) -> None:
+        self.steps.append(step)
+        for name, layer in gated_layers(model).items():
+            with torch.no_grad():
+                w = torch.softmax(layer.lora_logits.detach().float(), dim=-1)
+            self.weights.setdefault(name, []).append([round(float(v), 6) for v in w])
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class SearchResult:
+    """What the search learned and what it cost."""
+
+    ranks: RankResult
+    trajectory: Trajectory
+    losses: dict[str, list[tuple[int, float]]]   # "inner_loss" / "outer_loss" -> [(step, value)]
+    steps: int
+    wall_time_s: float
+    trainable_parameters: dict[str, int]          # {"lower": ..., "upper": ...}
+    method: str
+
+
+def split_train(dataset, fraction: float, seed: int):
+    """Random (lower, upper) split of ``dataset`` with ``fraction`` of the rows in ``upper``."""
+    n = len(dataset)
+    n_upper = int(round(n * fraction))
+    if n_upper < 1 or n - n_upper < 1:
+        raise ValueError(f"split_train: {n} training examples cannot be split with validation_fraction={fraction}; "
+                         "give more training data")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    lower_idx, upper_idx = sorted(order[n_upper:]), sorted(order[:n_upper])
+    if hasattr(dataset, "select"):
+        return dataset.select(lower_idx), dataset.select(upper_idx)
+    return [dataset[i] for i in lower_idx], [dataset[i] for i in upper_idx]
+
+
+def build_method(config: SearchConfig) -> bilevel.HypergradientMethod:
+    """The hypergradient method of ``config``; a method with an ``lr`` setting gets the LoRA learning rate."""
+    kwargs = dict(config.method_kwargs)
+    probe = bilevel.methods.get(config.method, **kwargs)
+    names = {f.name for f in dataclasses.fields(probe)} if dataclasses.is_dataclass(probe) else set()
+    if "lr" in names and "lr" not in kwargs:
+        kwargs["lr"] = config.learning_rate
+        return bilevel.methods.get(config.method, **kwargs)
+    return probe
+
+
+def _loader(dataset, collate: Callable, batch_size: int, seed: int, device: torch.device) -> DeviceLoader:
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=collate, generator=generator)
+    return DeviceLoader(loader, device)
+
+
+def _count(params: dict[str, torch.Tensor]) -> int:
+    return sum(p.numel() for p in params.values())
+
+
+def search(model: nn.Module, train_dataset: Sequence, collate: Callable, config: AutoLoraConfig,
+           search_config: SearchConfig, progress: bool = True,
+           on_step: Callable[[bilevel.Engine, int], None] | None = None) -> SearchResult:
+    """Inject gated LoRA into ``model`` (in place, unless it already has gated layers), run the bilevel search,
+    and threshold the gates.
+
+    ``train_dataset`` holds tokenized rows (``collate`` pads a list of them into a batch); it is split into the
+    lower and upper parts by ``search_config.validation_fraction``. The model stays on its device.
+    """
+    device = next(model.parameters()).device
+    torch.manual_seed(search_config.seed)
+    names = list(gated_layers(model)) or inject_gated_lora(model, config)
+    model.to(device)
+    logger.info("adapting %d matrices with k=%d: %s", len(names), config.k, ", ".join(names[:4]) +
+                (", ..." if len(names) > 4 else ""))
+    lower_params, upper_params = lower_parameters(model), upper_parameters(model)
+    lower_data, upper_data = split_train(train_dataset, search_config.validation_fraction, search_config.seed)
+    lower_loader = _loader(lower_data, collate, search_config.batch_size, search_config.seed, device)
+    upper_loader = _loader(upper_data, collate, search_config.batch_size, search_config.seed + 1, device)
+    steps = search_config.max_steps or max(1, math.ceil(search_config.epochs * len(lower_loader)))
+    method = build_method(search_config)
+    logger.info("search: %d outer steps, method %s, %d lower / %d upper examples", steps, method.name,
+                len(lower_data), len(upper_data))
+
+    lower = LoraTraining(module=model, params=lower_params, data=lower_loader, name="lora_weights",
+                         optimizer=torch.optim.Adam(list(lower_params.values()), lr=search_config.learning_rate,
+                                                    weight_decay=search_config.weight_decay))
+    upper = GateSelection(module=model, params=upper_params, data=upper_loader, name="selection_logits",
+                          optimizer=torch.optim.Adam(list(upper_params.values()), lr=search_config.alpha_learning_rate,
+                                                     betas=tuple(search_config.alpha_betas),
+                                                     weight_decay=search_config.alpha_weight_decay))
+    trajectory = Trajectory()
+    trajectory.record(0, model)
+
+    def record(engine: bilevel.Engine, step: int) -> None:
+        if step % search_config.record_every == 0 or step == steps:
+            trajectory.record(step, model)
+        if on_step is not None:
+            on_step(engine, step)
+
+    engine = bilevel.Engine(inner=lower, outer=upper, method=method, on_step=record,
+                            config=bilevel.EngineConfig(outer_steps=steps, inner_steps=1,
+                                                        warmup_inner_steps=search_config.warmup_steps,
+                                                        log_every=search_config.record_every,
+                                                        seed=search_config.seed, progress=progress))
+    model.train()
+    start = time.perf_counter()
+    engine.run()
+    wall = time.perf_counter() - start
+    model.eval()
+    ranks = compute_ranks(model, config.effective_threshold, config.allow_zero_rank)
+    logger.info("search done in %.1fs; ranks %s", wall, list(ranks.ranks.values()))
+    losses = {key: [(int(s), float(v)) for s, v in engine.history.series(key)]
+              for key in ("inner_loss", "outer_loss")}
+    return SearchResult(ranks=ranks, trajectory=trajectory, losses=losses, steps=steps, wall_time_s=wall,
+                        trainable_parameters={"lower": _count(lower_params), "upper": _count(upper_params)},
+                        method=method.name)

@@ -1,0 +1,135 @@
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import default_collate
+
+import bilevel
+from autolora.config import AutoLoraConfig, SearchConfig
+from autolora.injection import gated_layers, inject_gated_lora, lower_parameters, upper_parameters
+from autolora.search import GateSelection, LoraTraining, build_method, search, split_train
+from tiny_models import tiny_batch, tiny_model
+
+D = 6
+
+
+class TwoPaths(nn.Module):
+    """Regression y = useful(x) + useless(z): only the `useful` matrix can explain y; z carries nothing (zeros)."""
+
+    def __init__(self, w0):
+        super().__init__()
+        self.useful = nn.Linear(D, D, bias=False)
+        self.useless = nn.Linear(D, D, bias=False)
+        with torch.no_grad():
+            self.useful.weight.copy_(w0)
+            self.useless.weight.zero_()
+
+    def forward(self, x, z, labels):
+        prediction = self.useful(x) + self.useless(z)
+        return SimpleNamespace(loss=((prediction - labels) ** 2).mean())
+
+
+def two_paths_problem(n=256, seed=0):
+    """The model, with gated layers whose component 0 of `useful` is exactly the missing update D and
+    component 1 a random (harmful) matrix; and data y = x (W0 + D)^T."""
+    g = torch.Generator().manual_seed(seed)
+    w0 = torch.randn(D, D, generator=g) / D ** 0.5
+    u, v = torch.randn(D, generator=g), torch.randn(D, generator=g)
+    missing = torch.outer(u, v) / D
+    x, z = torch.randn(n, D, generator=g), torch.zeros(n, D)
+    rows = [{"x": x[i], "z": z[i], "labels": x[i] @ (w0 + missing).t()} for i in range(n)]
+    model = TwoPaths(w0)
+    config = AutoLoraConfig(k=2, lora_alpha=2.0, lora_dropout=0.0, target_modules=["useful", "useless"],
+                            modules_to_save=[])
+    inject_gated_lora(model, config)
+    layer = model.useful
+    with torch.no_grad():  # scaling = lora_alpha / k = 1: component 0 at full gate = the missing update
+        layer.lora_A[0] = v / v.norm()
+        layer.lora_B[:, 0] = u * v.norm() / D
+        layer.lora_A[1] = torch.randn(D, generator=g)
+        layer.lora_B[:, 1] = torch.randn(D, generator=g) * missing.norm() / D
+    return model, config, rows
+
+
+@pytest.mark.parametrize("method", ["finite_difference", "identity_implicit"])
+def test_search_selects_the_useful_component(method):
+    model, config, rows = two_paths_problem()
+    before = {n: p.detach().clone() for n, p in lower_parameters(model).items()}
+    result = search(model, rows, default_collate, config,
+                    SearchConfig(method=method, max_steps=40, batch_size=32, learning_rate=1e-6,
+                                 alpha_learning_rate=0.05, record_every=10, seed=0), progress=False)
+    useful = result.ranks.weights["useful"]
+    assert useful[0] > 0.6 > 0.4 > useful[1]
+    assert result.ranks.ranks["useful"] == 1 and result.ranks.kept["useful"] == [0]
+    # `useless` has no effect on the loss, so its gates get an exactly zero hypergradient and stay uniform.
+    assert result.ranks.weights["useless"] == pytest.approx([0.5, 0.5], abs=1e-6)
+    # The trajectory shows the useful weight rising monotonically from 1/2.
+    series = [w[0] for w in result.trajectory.weights["useful"]]
+    assert result.trajectory.steps == [0, 10, 20, 30, 40]
+    assert series[0] == pytest.approx(0.5) and all(b > a for a, b in zip(series, series[1:]))
+    # The LoRA weights barely moved (tiny lower lr): the selection came from the gates.
+    for name, value in lower_parameters(model).items():
+        torch.testing.assert_close(value, before[name], atol=1e-4, rtol=0)
+
+
+def test_lower_step_leaves_logits_and_upper_step_leaves_lora_weights():
+    model = tiny_model("bert")
+    inject_gated_lora(model, AutoLoraConfig(k=4))
+    model.train()
+    lower_params, upper_params = lower_parameters(model), upper_parameters(model)
+    batch = tiny_batch()
+    lower = LoraTraining(module=model, params=lower_params, data=[batch],
+                         optimizer=torch.optim.Adam(list(lower_params.values()), lr=1e-2))
+    upper = GateSelection(module=model, params=upper_params, data=[tiny_batch(seed=2)],
+                          optimizer=torch.optim.Adam(list(upper_params.values()), lr=1e-2))
+    engine = bilevel.Engine(lower, upper, method=build_method(SearchConfig(learning_rate=1e-2)),
+                            config=bilevel.EngineConfig(progress=False))
+    snapshot = lambda params: {n: p.detach().clone() for n, p in params.items()}  # noqa: E731
+    logits0, lora0 = snapshot(upper_params), snapshot(lower_params)
+    engine.inner_step()
+    assert all(p.grad is None for p in upper_params.values())  # the lower backward never reaches the logits
+    assert all(torch.equal(p, logits0[n]) for n, p in upper_params.items())
+    assert any(not torch.equal(p, lora0[n]) for n, p in lower_params.items())
+    lora1 = snapshot(lower_params)
+    engine.outer_step()
+    assert all(torch.equal(p, lora1[n]) for n, p in lower_params.items())
+    assert all(not torch.equal(p, logits0[n]) for n, p in upper_params.items())
+
+
+def test_method_gets_the_lora_learning_rate():
+    method = build_method(SearchConfig(learning_rate=1e-3))
+    assert method.name == "finite_difference" and method.lr == 1e-3
+    assert build_method(SearchConfig(method="finite_difference", method_kwargs={"lr": 0.5})).lr == 0.5
+    assert build_method(SearchConfig(method="identity_implicit")).name == "identity_implicit"
+    with pytest.raises(ValueError, match="registered methods"):
+        build_method(SearchConfig(method="nope"))
+
+
+def test_split_is_seeded_and_disjoint():
+    rows = list(range(100))
+    lower, upper = split_train(rows, 0.3, seed=1)
+    assert len(upper) == 30 and sorted(lower + upper) == rows
+    assert split_train(rows, 0.3, seed=1) == (lower, upper)
+    with pytest.raises(ValueError, match="cannot be split"):
+        split_train([1], 0.3, seed=0)
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2"])
+def test_search_on_a_tiny_transformer_keeps_the_model_in_place(arch):
+    model = tiny_model(arch)
+    base = {n: p for n, p in model.named_parameters()}
+    rows = [{k: v[0] for k, v in tiny_batch(batch_size=1, seed=s).items()} for s in range(20)]
+    result = search(model, rows, default_collate, AutoLoraConfig(k=4),
+                    SearchConfig(max_steps=6, batch_size=4, record_every=3, alpha_learning_rate=0.1),
+                    progress=False)
+    assert set(result.ranks.ranks) == set(gated_layers(model)) and result.steps == 6
+    assert all(1 <= r <= 4 for r in result.ranks.ranks.values())
+    assert result.trajectory.steps == [0, 3, 6] and len(result.losses["outer_loss"]) == 2
+    # The base weights are the very same tensors (wrapped, never copied).
+    after = dict(model.named_parameters())
+    for name, p in base.items():
+        wrapped = [a for n, a in after.items() if a is p]
+        assert wrapped, f"{name} was copied"
+    assert any(w != [0.25] * 4 for w in result.ranks.weights.values())
+    assert result.trainable_parameters["upper"] == 4 * len(result.ranks.ranks)
