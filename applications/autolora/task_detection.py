@@ -33,6 +33,8 @@ FAMILY_OPTIONS = {
     "token_classification": ("tokens_column", "tags_column"),
     "generation": ("source_column", "target_column"),
 }
+FAMILY_NAMES = {"sequence": "classification/regression", "token_classification": "token_classification",
+                "generation": "generation"}
 FLOAT_DTYPES = ("float16", "float32", "float64")
 
 
@@ -57,14 +59,15 @@ def detect(config: DataConfig, train: datasets.Dataset, source: str) -> tuple[st
     if config.task_kind != "auto":
         families = [_family(config.task_kind)]
     elif len(explicit) > 1:
-        raise DataError("ambiguous columns: options were given for " + " and ".join(explicit)
+        raise DataError("ambiguous columns: options were given for "
+                        + " and ".join(FAMILY_NAMES[family] for family in explicit)
                         + "; pass task_kind to choose one")
     else:
         families = explicit or list(FAMILY_OPTIONS)
     found = {family: _find(family, config, features) for family in families}
     candidates = [family for family, columns in found.items() if columns is not None]
     if len(families) == 1 and not candidates:
-        what = config.task_kind if config.task_kind != "auto" else families[0].replace("sequence", "classification")
+        what = config.task_kind if config.task_kind != "auto" else FAMILY_NAMES[families[0]]
         options = ", ".join(FAMILY_OPTIONS[families[0]])
         raise DataError(f"column not found: cannot find the {what} columns in {source}; columns: "
                         f"{existing}; pass {options}")
@@ -73,7 +76,8 @@ def detect(config: DataConfig, train: datasets.Dataset, source: str) -> tuple[st
                         "the column options (text_column/label_column, tokens_column/tags_column or "
                         "source_column/target_column)")
     if len(candidates) > 1:
-        raise DataError(f"ambiguous task: the columns of {source} ({existing}) fit " + " and ".join(candidates)
+        fits = " and ".join(FAMILY_NAMES[family] for family in candidates)
+        raise DataError(f"ambiguous task: the columns of {source} ({existing}) fit {fits}"
                         + "; pass task_kind to choose one")
     family = candidates[0]
     columns = found[family]

@@ -187,7 +187,8 @@ def test_missing_column_in_validation_file(tmp_path, tokenizer):
 
 def test_undetectable_columns_say_which_options_to_pass(tmp_path, tokenizer):
     train = write(tmp_path / "train.jsonl", [{"body": "a", "y": 1}, {"body": "b", "y": 0}])
-    with pytest.raises(DataError, match=r"cannot detect the task .*\(body, y\); pass task_kind and the column") as error:
+    message = r"cannot detect the task .*\(body, y\); pass task_kind and the column"
+    with pytest.raises(DataError, match=message) as error:
         build_task(DataConfig(train_file=train), tokenizer)
     assert_one_line(error)
 
@@ -196,7 +197,8 @@ def test_ambiguous_columns_ask_for_task_kind(tmp_path, tokenizer):
     rows = [{"sentence": "a", "label": 1, "source": "x", "target": "y"},
             {"sentence": "b", "label": 0, "source": "z", "target": "w"}]
     train = write(tmp_path / "train.jsonl", rows)
-    with pytest.raises(DataError, match="ambiguous task: .* fit sequence and generation; pass task_kind"):
+    message = "ambiguous task: .* fit classification/regression and generation; pass task_kind"
+    with pytest.raises(DataError, match=message):
         build_task(DataConfig(train_file=train), tokenizer)
     task = build_task(DataConfig(train_file=train, task_kind="classification"), tokenizer)
     assert task.kind == "classification"
@@ -204,7 +206,8 @@ def test_ambiguous_columns_ask_for_task_kind(tmp_path, tokenizer):
 
 def test_options_of_two_kinds_are_ambiguous(tmp_path, tokenizer):
     train = write(tmp_path / "train.jsonl", SST_ROWS)
-    with pytest.raises(DataError, match="options were given for sequence and generation; pass task_kind"):
+    message = "options were given for classification/regression and generation; pass task_kind"
+    with pytest.raises(DataError, match=message):
         build_task(DataConfig(train_file=train, text_column="sentence", source_column="sentence"), tokenizer)
 
 
@@ -232,7 +235,8 @@ def test_string_labels_rejected_for_regression(tmp_path, tokenizer):
 def test_unknown_validation_label(tmp_path, tokenizer):
     train = write(tmp_path / "train.jsonl", SST_ROWS)
     dev = write(tmp_path / "dev.jsonl", [{"sentence": "x", "label": 7}])
-    with pytest.raises(DataError, match=r"unknown label 7 in validation file .*dev.jsonl: the training labels are 0, 1"):
+    message = r"unknown label 7 in validation file .*dev.jsonl: the training labels are 0, 1"
+    with pytest.raises(DataError, match=message):
         build_task(DataConfig(train_file=train, validation_file=dev), tokenizer)
 
 
