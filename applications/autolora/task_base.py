@@ -15,6 +15,8 @@ import torch
 from autolora.data import DataConfig, DataError
 from autolora.metrics import compute_metrics, default_metric
 
+LOWER_IS_BETTER = ("loss", "mse")
+
 
 def _looks_like_path(name_or_path: str) -> bool:
     """Hub ids are "name" or "org/name"; anything else is meant as a local folder."""
@@ -52,7 +54,8 @@ class Task:
     """Tokenized splits plus everything kind-specific: collate, model head, evaluation.
 
     Attributes: kind, config, tokenizer, columns (option -> column name), train/evaluation/test
-    (`datasets.Dataset`, tokenized, no padding), num_labels, label_names, primary_metric.
+    (`datasets.Dataset`, tokenized, no padding), num_labels, label_names, primary_metric and
+    greater_is_better (False when the primary metric is loss or mse).
     """
 
     kind: str = ""
@@ -75,6 +78,7 @@ class Task:
         if self.primary_metric not in self.metric_names():
             raise DataError(f"metric_for_best {self.primary_metric!r} is not reported for {self.kind} tasks; "
                             "choose one of " + ", ".join(self.metric_names()))
+        self.greater_is_better = self.primary_metric not in LOWER_IS_BETTER
 
     # --- to be filled in by each kind -------------------------------------------------------------------
     def _setup_labels(self, train: datasets.Dataset) -> None:

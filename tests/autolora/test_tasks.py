@@ -191,6 +191,16 @@ def test_load_model_heads(tmp_path, bert_tokenizer, tiny_bert_dir):
     assert type(token_task.load_model(tiny_bert_dir)).__name__ == "BertForTokenClassification"
 
 
+def test_model_kwargs_build_a_head_from_config(tmp_path, bert_tokenizer):
+    from transformers import BertConfig
+
+    task = conll_task(tmp_path, bert_tokenizer)
+    config = BertConfig(vocab_size=bert_tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=64, **task.model_kwargs())
+    model = task.auto_model_class.from_config(config)
+    assert model.num_labels == 5 and model.config.id2label[4] == "O"
+
+
 def test_load_model_regression_head(tmp_path, bert_tokenizer, tiny_bert_dir):
     rows = [{"sentence1": "a", "sentence2": "b", "label": 3.8}, {"sentence1": "c", "sentence2": "d", "label": 1.0}]
     task = build_task(DataConfig(train_file=write_jsonl(tmp_path / "t.jsonl", rows)), bert_tokenizer)
@@ -217,6 +227,8 @@ def test_metric_for_best_sets_primary_metric(tmp_path, bert_tokenizer):
     assert sst_task(tmp_path, bert_tokenizer).primary_metric == "accuracy"
     task = sst_task(tmp_path, bert_tokenizer, metric_for_best="matthews_correlation")
     assert task.primary_metric == "matthews_correlation"
+    assert task.greater_is_better
+    assert not sst_task(tmp_path, bert_tokenizer, metric_for_best="loss").greater_is_better
     with pytest.raises(DataError, match="metric_for_best 'bleu' is not reported for classification tasks"):
         sst_task(tmp_path, bert_tokenizer, metric_for_best="bleu")
 
