@@ -19,5 +19,8 @@ class Exact(ImplicitMethod):
     damping: float = 0.0
     max_size: int = 5000
 
+    def __post_init__(self):
+        self.make_solver()  # validates the settings
+
     def make_solver(self):
         return DenseSolver(self.damping, self.max_size)

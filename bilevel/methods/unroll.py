@@ -7,7 +7,7 @@ from typing import Any, Dict
 from .. import params as P
 from ..distributed import mean_across_ranks
 from ..inner_optimizers import INNER_OPTIMIZERS, make_inner_optimizer
-from ..validation import require_positive
+from ..validation import require_positive, require_positive_integer
 from .base import HypergradientMethod, HypergradientResult, register
 
 
@@ -32,7 +32,8 @@ class Unroll(HypergradientMethod):
     optimizer_settings: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        require_positive("Unroll", steps=self.steps, lr=self.lr)
+        require_positive_integer("Unroll", steps=self.steps)
+        require_positive("Unroll", lr=self.lr)
         if self.optimizer not in INNER_OPTIMIZERS:
             raise ValueError(f"Unroll: unknown optimizer '{self.optimizer}'; choose one of {', '.join(INNER_OPTIMIZERS)}")
 

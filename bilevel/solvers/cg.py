@@ -5,7 +5,7 @@ import warnings
 from dataclasses import dataclass
 
 from .. import params as P
-from ..validation import require_positive
+from ..validation import require_positive, require_positive_integer
 from .base import SolveInfo
 
 
@@ -23,7 +23,8 @@ class ConjugateGradientSolver:
     damping: float = 0.0
 
     def __post_init__(self):
-        require_positive("ConjugateGradient", iterations=self.iterations, tol=self.tol)
+        require_positive_integer("ConjugateGradient", iterations=self.iterations)
+        require_positive("ConjugateGradient", tol=self.tol)
         if self.damping < 0:
             raise ValueError(f"ConjugateGradient: damping must be >= 0, got {self.damping!r}")
 

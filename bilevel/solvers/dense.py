@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import params as P
+from ..validation import require_positive_integer
 from .base import SolveInfo
 
 
@@ -18,6 +19,11 @@ class DenseSolver:
 
     damping: float = 0.0
     max_size: int = 5000
+
+    def __post_init__(self):
+        require_positive_integer("Exact", max_size=self.max_size)
+        if not self.damping >= 0:
+            raise ValueError(f"Exact: damping must be >= 0, got {self.damping!r}")
 
     def matrix(self, matvec, like):
         n = sum(v.numel() for v in like.values())

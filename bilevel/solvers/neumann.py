@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .. import params as P
-from ..validation import require_positive
+from ..validation import require_positive, require_positive_integer
 from .base import SolveInfo, SolverDivergedError
 
 
@@ -41,7 +41,7 @@ class NeumannSolver:
     blowup: float = 1e3
 
     def __post_init__(self):
-        require_positive("Neumann", iterations=self.iterations, power_iterations=self.power_iterations)
+        require_positive_integer("Neumann", iterations=self.iterations, power_iterations=self.power_iterations)
         if self.step is not None:
             require_positive("Neumann", step=self.step)
 
