@@ -1,0 +1,73 @@
+"""A small nonlinear bilevel problem run by the distributed test, as one process or under torchrun.
+
+Usage under torchrun: ``python -m torch.distributed.run --nproc_per_node=2 two_level_mlp.py METHOD OUT.pt``.
+"""
+import sys
+
+import torch
+
+import bilevel
+from bilevel.distributed import shard
+
+BATCH = 16
+
+
+def make_data(seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(2 * BATCH, 4, generator=generator, dtype=torch.float64)
+    y = torch.sin(x.sum(1, keepdim=True)) + 0.1 * torch.randn(2 * BATCH, 1, generator=generator, dtype=torch.float64)
+    return (x[:BATCH], y[:BATCH]), (x[BATCH:], y[BATCH:])
+
+
+class Train(bilevel.Problem):
+    def loss(self, batch):
+        x, y = batch
+        decay = sum(torch.exp(self.outer.params[f"log_decay.{name}"]) * (w ** 2).sum()
+                    for name, w in self.params.items())
+        return ((self(x) - y) ** 2).mean() + 0.5 * decay
+
+
+class Validate(bilevel.Problem):
+    def loss(self, batch):
+        x, y = batch
+        prior = sum(torch.exp(v) for v in self.params.values())  # a direct term, so first_order moves too
+        return ((self.inner(x) - y) ** 2).mean() + 0.01 * prior
+
+
+METHODS = {
+    "first_order": bilevel.methods.FirstOrder(),
+    "finite_difference": bilevel.methods.FiniteDifference(lr=0.1, epsilon=0.01),
+    "cg": bilevel.methods.ConjugateGradient(iterations=5, tol=1e-12, damping=0.5),
+    "unroll": bilevel.methods.Unroll(steps=2, lr=0.1),
+}
+
+
+def run(method, train_batch, val_batch, outer_steps=2):
+    """Two outer steps from a fixed initialisation; returns the final parameters of both levels."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).double()
+    log_decay = {f"log_decay.{name}": torch.full((), -3.0, dtype=torch.float64, requires_grad=True)
+                 for name, _ in model.named_parameters()}
+    train = Train(module=model, optimizer=lambda p: torch.optim.SGD(p, lr=0.1), data=[train_batch])
+    validate = Validate(params=log_decay, optimizer=lambda p: torch.optim.Adam(p, lr=0.05), data=[val_batch])
+    engine = bilevel.Engine(train, validate, METHODS[method],
+                            bilevel.EngineConfig(outer_steps=outer_steps, progress=False, log_every=1))
+    engine.run()
+    return {name: p.detach().clone() for name, p in {**train.stored_params, **validate.stored_params}.items()}
+
+
+def main(method, out):
+    torch.distributed.init_process_group("gloo")
+    train_batch, val_batch = make_data()
+    local_train = tuple(shard(t) for t in train_batch)
+    local_val = tuple(shard(t) for t in val_batch)
+    result = run(method, local_train, local_val)
+    gathered = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, result)
+    if torch.distributed.get_rank() == 0:
+        torch.save(gathered, out)
+    torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
