@@ -19,16 +19,32 @@ class EngineConfig:
     progress: bool = field(default=True, metadata={"help": "Show a progress bar (tqdm, when installed)."})
     tensorboard_dir: Optional[str] = field(default=None, metadata={"help": "Also write metrics to TensorBoard here."})
     check_finite: bool = field(default=True, metadata={"help": "Stop with an error on a NaN/inf loss or hypergradient."})
+    checkpoint_dir: Optional[str] = field(default=None, metadata={"help": "Save the full bilevel state here."})
+    checkpoint_every: int = field(default=0, metadata={"help": "Save a checkpoint every N outer steps (0: only at the end)."})
+    resume: bool = field(default=False, metadata={"help": "Continue from the checkpoint in checkpoint_dir if there is one."})
+    inner_grad_clip: Optional[float] = field(default=None, metadata={"help": "Clip the inner gradient norm to this."})
+    outer_grad_clip: Optional[float] = field(default=None, metadata={"help": "Clip the hypergradient norm to this."})
+    autocast_dtype: Optional[str] = field(default=None, metadata={
+        "help": "Run forward passes under torch.autocast with 'bfloat16' or 'float16' (None: full precision)."})
 
     def __post_init__(self):
         for name in ("outer_steps", "log_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"EngineConfig: {name} must be an integer >= 1, got {value!r}")
-        for name in ("inner_steps", "warmup_inner_steps", "validate_every"):
+        for name in ("inner_steps", "warmup_inner_steps", "validate_every", "checkpoint_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"EngineConfig: {name} must be an integer >= 0, got {value!r}")
+        for name in ("inner_grad_clip", "outer_grad_clip"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"EngineConfig: {name} must be > 0 or None, got {value!r}")
+        if self.autocast_dtype not in (None, "bfloat16", "float16"):
+            raise ValueError(f"EngineConfig: autocast_dtype must be None, 'bfloat16' or 'float16', "
+                             f"got {self.autocast_dtype!r}")
+        if (self.resume or self.checkpoint_every) and not self.checkpoint_dir:
+            raise ValueError("EngineConfig: resume and checkpoint_every need checkpoint_dir; set checkpoint_dir")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

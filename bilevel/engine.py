@@ -1,14 +1,17 @@
 """The outer loop: real inner steps, then a hypergradient step of the outer level; logging and validation."""
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 from typing import Any, Callable, Dict, Optional
 
 import torch
 
+from . import checkpoint as _checkpoint
 from . import methods as _methods
 from .config import EngineConfig
-from .distributed import is_distributed, mean_across_ranks
+from .distributed import is_distributed, mean_across_ranks, rank
 from .history import MetricsHistory
 from .hypergradient import hypergradient
 from .params import Params, detached
@@ -44,6 +47,10 @@ class Engine:
         if overlap:
             raise ValueError("Engine: the inner and outer levels share parameters; each parameter belongs to one level")
         self.history = MetricsHistory(self.config.tensorboard_dir)
+        self._autocast_dtype = getattr(torch, self.config.autocast_dtype) if self.config.autocast_dtype else None
+        device = next(iter(inner.stored_params.values())).device.type
+        self._device_type = device
+        self._scaler = torch.amp.GradScaler(device, enabled=self._autocast_dtype is torch.float16)
         self.step = 0
         self.method_state: Any = None
         self.last_result: Optional[_methods.HypergradientResult] = None
@@ -51,24 +58,35 @@ class Engine:
 
     # The two losses in functional form, as the methods see them.
     def inner_loss(self, inner_params: Params, outer_params: Params, batch: Any) -> torch.Tensor:
-        with self.inner.bind(inner_params), self.outer.bind(outer_params):
-            return self.inner.loss(batch)
+        with self.inner.bind(inner_params), self.outer.bind(outer_params), self._autocast():
+            return self.inner.loss(batch).float()
 
     def outer_loss(self, inner_params: Params, outer_params: Params, batch: Any) -> torch.Tensor:
-        with self.inner.bind(inner_params), self.outer.bind(outer_params):
-            return self.outer.loss(batch)
+        with self.inner.bind(inner_params), self.outer.bind(outer_params), self._autocast():
+            return self.outer.loss(batch).float()
+
+    def _autocast(self):
+        if self._autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self._device_type, dtype=self._autocast_dtype)
 
     def inner_step(self) -> float:
         """One real optimizer step of the inner level on its next batch, outer parameters detached."""
         batch = self.inner.next_batch()
         self._last_inner_batch = batch
         self.inner.optimizer.zero_grad(set_to_none=True)
-        with self.outer.bind(detached(self.outer.stored_params)):
+        with self.outer.bind(detached(self.outer.stored_params)), self._autocast():
             loss = self.inner.loss(batch)
         self._check_finite(loss, "inner", "loss")
-        loss.backward()
+        self._scaler.scale(loss).backward()
+        self._scaler.unscale_(self.inner.optimizer)
         _average_gradients(self.inner.stored_params)
-        self.inner.optimizer.step()
+        if self.config.inner_grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(list(self.inner.stored_params.values()), self.config.inner_grad_clip)
+        self._scaler.step(self.inner.optimizer)
+        self._scaler.update()
+        if self.inner.scheduler is not None:
+            self.inner.scheduler.step()
         return float(loss.detach())
 
     def outer_step(self) -> _methods.HypergradientResult:
@@ -82,14 +100,20 @@ class Engine:
         self.method_state = result.state
         for name, parameter in self.outer.stored_params.items():
             parameter.grad = result.grads[name].to(parameter.dtype)
+        if self.config.outer_grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(list(self.outer.stored_params.values()), self.config.outer_grad_clip)
         self.outer.optimizer.step()
         self.outer.optimizer.zero_grad(set_to_none=True)
+        if self.outer.scheduler is not None:
+            self.outer.scheduler.step()
         self.last_result = result
         return result
 
     def run(self) -> MetricsHistory:
         """Run until ``config.outer_steps`` outer steps are done (continuing from ``self.step``)."""
         config = self.config
+        if config.resume and self.step == 0:
+            self.load_checkpoint()
         if config.seed is not None and self.step == 0:
             torch.manual_seed(config.seed)
         if self.method.needs_second_derivatives:
@@ -116,11 +140,49 @@ class Engine:
                     self.history.log(self.step, **{f"val_{k}": float(v) for k, v in metrics.items()})
             if self.on_step is not None:
                 self.on_step(self, self.step)
+            if config.checkpoint_dir and ((config.checkpoint_every and self.step % config.checkpoint_every == 0)
+                                          or self.step == config.outer_steps):
+                self.save_checkpoint()
             if bar is not None:
                 bar.update(1)
         if bar is not None:
             bar.close()
         return self.history
+
+    def state_dict(self) -> Dict[str, Any]:
+        """The full bilevel state: both levels, step counter, method state, history and every RNG."""
+        return {"step": self.step, "inner": self.inner.state_dict(), "outer": self.outer.state_dict(),
+                "method_state": self.method_state, "history": self.history.state_dict(),
+                "last_inner_batch": self._last_inner_batch, "scaler": self._scaler.state_dict(),
+                "rng": _checkpoint.rng_state()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.inner.load_state_dict(state["inner"])
+        self.outer.load_state_dict(state["outer"])
+        self.step, self.method_state = state["step"], state["method_state"]
+        self.history.load_state_dict(state["history"])
+        self._last_inner_batch = state["last_inner_batch"]
+        self._scaler.load_state_dict(state["scaler"])
+        _checkpoint.set_rng_state(state["rng"])  # last: loading the levels replays data-order RNG
+
+    @property
+    def checkpoint_path(self) -> Optional[str]:
+        if not self.config.checkpoint_dir:
+            return None
+        return os.path.join(self.config.checkpoint_dir, _checkpoint.CHECKPOINT_NAME)
+
+    def save_checkpoint(self) -> None:
+        """Write the state atomically (temporary file, then rename); only rank 0 writes under torch.distributed."""
+        if rank() == 0:
+            _checkpoint.save_atomic(self.state_dict(), self.checkpoint_path)
+
+    def load_checkpoint(self) -> bool:
+        """Load ``checkpoint_dir``'s checkpoint if there is one; returns whether it did."""
+        state = _checkpoint.load(self.checkpoint_path)
+        if state is None:
+            return False
+        self.load_state_dict(state)
+        return True
 
     def _check_finite(self, value: torch.Tensor, level: str, quantity: str) -> None:
         if self.config.check_finite and not bool(torch.isfinite(value).all()):

@@ -18,25 +18,31 @@ class Problem:
         params: the trainable parameters of this level: a dict ``name -> Parameter``, a list of parameter names of
             ``module``, or ``None`` for all of ``module``'s parameters that require grad.
         optimizer: a ``torch.optim.Optimizer`` over those parameters, or a callable ``params_list -> optimizer``.
+        scheduler: an optional learning-rate scheduler, or a callable ``optimizer -> scheduler``; stepped after
+            every optimizer step of this level.
         data: an iterable of batches, restarted when exhausted (``None`` when the loss needs no data).
         name: for messages and logs.
 
     Calling the problem, ``self(...)``, runs ``module`` through ``torch.func.functional_call`` with the parameters in
     play: during a hypergradient these are the values the method is evaluating (virtual steps, perturbations), for
     this level and for the other level when both share one module. A level reaches the other as ``self.inner`` or
-    ``self.outer``, and reads parameters in play through ``self.params`` / ``self.outer.params``. While this level's
-    parameters are bound (every pass of a hypergradient), buffers are passed as copies: passes inside a hypergradient
-    never change BatchNorm statistics, which only the real optimizer steps of a level update.
+    ``self.outer``, and reads parameters in play through ``self.params`` / ``self.outer.params``. While parameters are
+    bound, buffers are passed as copies: passes inside a hypergradient never change BatchNorm statistics, which only
+    the real optimizer steps of a level update.
     """
 
     def __init__(self, module: Optional[torch.nn.Module] = None, params: Any = None, optimizer: Any = None,
-                 data: Optional[Iterable] = None, name: Optional[str] = None):
+                 data: Optional[Iterable] = None, name: Optional[str] = None, scheduler: Any = None):
         self.name = name or type(self).__name__
         self.module = module
         self._params = self._resolve_params(params)
         self.optimizer = optimizer(list(self._params.values())) if _is_factory(optimizer) else optimizer
+        self.scheduler = scheduler(self.optimizer) if callable(scheduler) and not hasattr(scheduler, "step") \
+            else scheduler
         self.data = data
         self._iterator: Optional[Iterator] = None
+        self._epoch_rng: Optional[torch.Tensor] = None  # torch RNG state when the current pass over data began
+        self._drawn = 0  # batches drawn in the current pass
         self._bound: Optional[Params] = None
         self.inner: Optional[Problem] = None
         self.outer: Optional[Problem] = None
@@ -76,9 +82,7 @@ class Problem:
                 bound.update(level._bound)
         if not bound:
             return self.module(*args, **kwargs)
-        # Bound here means a hypergradient pass: buffers are copies. A real step of the other level on a shared
-        # module binds only that level's (detached) parameters, and its forward updates the buffers as usual.
-        buffers = {} if self._bound is None else {name: b.clone() for name, b in self.module.named_buffers()}
+        buffers = {name: buffer.clone() for name, buffer in self.module.named_buffers()}
         return functional_call(self.module, {**buffers, **bound}, args, kwargs, strict=False)
 
     def next_batch(self) -> Any:
@@ -86,15 +90,58 @@ class Problem:
         if self.data is None:
             return None
         if self._iterator is None:
-            self._iterator = iter(self.data)
+            self._start_pass()
         try:
-            return next(self._iterator)
+            batch = next(self._iterator)
         except StopIteration:
-            self._iterator = iter(self.data)
+            self._start_pass()
             try:
-                return next(self._iterator)
+                batch = next(self._iterator)
             except StopIteration:
                 raise ValueError(f"{self.name}: data yields no batches; pass a non-empty iterable") from None
+        self._drawn += 1
+        return batch
+
+    def _start_pass(self) -> None:
+        # A shuffling DataLoader draws its order from torch's generator when iterated; remembering that state
+        # lets a resumed run replay the same order.
+        self._epoch_rng = torch.random.get_rng_state()
+        self._iterator = iter(self.data)
+        self._drawn = 0
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Parameters, optimizer and scheduler state, module buffers, and the position in ``data``."""
+        return {
+            "params": {name: value.detach().clone() for name, value in self._params.items()},
+            "buffers": {} if self.module is None else {n: b.clone() for n, b in self.module.named_buffers()},
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "data": {"epoch_rng": self._epoch_rng, "drawn": self._drawn},
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; the data iterator is re-created and advanced to the saved position."""
+        with torch.no_grad():
+            for name, value in state["params"].items():
+                self._params[name].copy_(value)
+            if self.module is not None:
+                buffers = dict(self.module.named_buffers())
+                for name, value in state["buffers"].items():
+                    buffers[name].copy_(value)
+        if self.optimizer is not None and state["optimizer"] is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        position = state["data"]
+        self._iterator, self._epoch_rng, self._drawn = None, None, 0
+        if position["epoch_rng"] is not None and self.data is not None:
+            current = torch.random.get_rng_state()
+            torch.random.set_rng_state(position["epoch_rng"])
+            self._start_pass()
+            for _ in range(position["drawn"]):
+                next(self._iterator)
+            self._drawn = position["drawn"]
+            torch.random.set_rng_state(current)
 
     def _resolve_params(self, params: Any) -> Dict[str, torch.Tensor]:
         if params is None:
