@@ -26,9 +26,9 @@ class Problem:
     Calling the problem, ``self(...)``, runs ``module`` through ``torch.func.functional_call`` with the parameters in
     play: during a hypergradient these are the values the method is evaluating (virtual steps, perturbations), for
     this level and for the other level when both share one module. A level reaches the other as ``self.inner`` or
-    ``self.outer``, and reads parameters in play through ``self.params`` / ``self.outer.params``. While parameters are
-    bound, buffers are passed as copies: passes inside a hypergradient never change BatchNorm statistics, which only
-    the real optimizer steps of a level update.
+    ``self.outer``, and reads parameters in play through ``self.params`` / ``self.outer.params``. While this level's
+    parameters are bound (every pass of a hypergradient), buffers are passed as copies: passes inside a hypergradient
+    never change BatchNorm statistics, which only the real optimizer steps of a level update.
     """
 
     def __init__(self, module: Optional[torch.nn.Module] = None, params: Any = None, optimizer: Any = None,
@@ -82,7 +82,9 @@ class Problem:
                 bound.update(level._bound)
         if not bound:
             return self.module(*args, **kwargs)
-        buffers = {name: buffer.clone() for name, buffer in self.module.named_buffers()}
+        # Bound here means a hypergradient pass: buffers are copies. A real step of the other level on a shared
+        # module binds only that level's (detached) parameters, and its forward updates the buffers as usual.
+        buffers = {} if self._bound is None else {name: b.clone() for name, b in self.module.named_buffers()}
         return functional_call(self.module, {**buffers, **bound}, args, kwargs, strict=False)
 
     def next_batch(self) -> Any:
