@@ -1,6 +1,7 @@
 """Conjugate gradient for symmetric positive-definite systems, on parameter dicts."""
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -34,6 +35,8 @@ class ConjugateGradientSolver:
             return P.add(product, v, self.damping) if self.damping else product
 
         b_norm = float(P.norm(b))
+        if not math.isfinite(b_norm):  # hand the NaN on instead of hiding it behind a zero solution
+            return dict(b), SolveInfo(0, 0, math.nan, False)
         if b_norm == 0:
             return P.zeros_like(b), SolveInfo(0, 0, 0.0, True)
         x = P.zeros_like(b) if x0 is None else dict(x0)

@@ -47,6 +47,8 @@ class NeumannSolver:
 
     def __call__(self, matvec, b, x0=None):
         b_norm = float(P.norm(b))
+        if not math.isfinite(b_norm):  # a NaN right-hand side is not a divergence: hand it on
+            return dict(b), SolveInfo(0, 0, math.nan, False)
         if b_norm == 0:
             return P.zeros_like(b), SolveInfo(0, 0, 0.0, True)
         step, matvecs = self.step, 0

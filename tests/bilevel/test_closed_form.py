@@ -153,3 +153,17 @@ def test_long_unroll_from_optimum_approaches_implicit():
     assert errors[0] > 1e-2
     assert errors[1] < errors[0] and errors[2] < errors[1]
     assert errors[2] < 1e-6
+
+
+@pytest.mark.parametrize("method", [ConjugateGradient(), Neumann(), Neumann(step=0.1), Exact()],
+                         ids=["cg", "neumann", "neumann_fixed_step", "exact"])
+def test_non_finite_outer_gradient_gives_a_non_finite_hypergradient(method):
+    """A NaN in grad_w f must reach the result (for the Engine's check), not vanish into a zero solve."""
+    problem = Ridge(per_feature=True)
+    X, y = problem.outer_batch
+    y = y.clone()
+    y[0] = float("nan")
+    problem.outer_batch = (X, y)
+    x = problem.x0
+    value = hypergradient(problem, method, problem.w_star(x), x)
+    assert not torch.isfinite(value).all()
