@@ -59,11 +59,11 @@ class Engine:
     # The two losses in functional form, as the methods see them.
     def inner_loss(self, inner_params: Params, outer_params: Params, batch: Any) -> torch.Tensor:
         with self.inner.bind(inner_params), self.outer.bind(outer_params), self._autocast():
-            return self.inner.loss(batch).float()
+            return _at_least_float32(self.inner.loss(batch))
 
     def outer_loss(self, inner_params: Params, outer_params: Params, batch: Any) -> torch.Tensor:
         with self.inner.bind(inner_params), self.outer.bind(outer_params), self._autocast():
-            return self.outer.loss(batch).float()
+            return _at_least_float32(self.outer.loss(batch))
 
     def _autocast(self):
         if self._autocast_dtype is None:
@@ -95,6 +95,8 @@ class Engine:
         result = hypergradient(self.inner_loss, self.outer_loss, self.inner.stored_params, self.outer.stored_params,
                                inner_batch, self.outer.next_batch(), self.method, state=self.method_state,
                                return_result=True)
+        if "outer_loss" in result.diagnostics:  # a method may return finite grads from a NaN loss (zero mixed term)
+            self._check_finite(result.diagnostics["outer_loss"], "outer", "loss")
         for name, value in result.grads.items():
             self._check_finite(value, "outer", f"hypergradient of '{name}'")
         self.method_state = result.state
@@ -197,6 +199,11 @@ def _average_gradients(params: Params) -> None:
     with_grad = {name: p.grad for name, p in params.items() if p.grad is not None}
     for name, value in mean_across_ranks(with_grad).items():
         params[name].grad = value
+
+
+def _at_least_float32(loss: torch.Tensor) -> torch.Tensor:
+    """Half-precision losses from autocast are upcast; float32 and float64 losses keep their precision."""
+    return loss.float() if loss.dtype in (torch.float16, torch.bfloat16) else loss
 
 
 def _numeric(diagnostics: Dict[str, Any]) -> Dict[str, float]:
