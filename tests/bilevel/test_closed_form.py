@@ -167,3 +167,15 @@ def test_non_finite_outer_gradient_gives_a_non_finite_hypergradient(method):
     x = problem.x0
     value = hypergradient(problem, method, problem.w_star(x), x)
     assert not torch.isfinite(value).all()
+
+
+def test_cg_warm_start_reuses_the_previous_solution():
+    problem = Ridge(per_feature=True)
+    x = problem.x0
+    w = problem.w_star(x)
+    method = ConjugateGradient(iterations=50, tol=1e-12, warm_start=True)
+    cold, first = hypergradient(problem, method, w, x, return_result=True)
+    warm, second = hypergradient(problem, method, w, x, return_result=True, state=first.state)
+    assert first.diagnostics["iterations"] > 0 and second.diagnostics["iterations"] == 0
+    assert relative_error(warm, problem.closed_form(x)) < 1e-10
+    assert relative_error(cold, problem.closed_form(x)) < 1e-10

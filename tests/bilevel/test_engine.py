@@ -114,7 +114,8 @@ class WeightedNet(torch.nn.Module):
         return self.linear(self.norm(self.dropout(X)))
 
 
-def shared_engine(method="cg", n=16, d=3, batchnorm=False, dropout=0.0, data_seed=0, **config):
+def shared_engine(method="cg", n=16, d=3, batchnorm=False, dropout=0.0, data_seed=0, separate=False, **config):
+    """Both levels on one module, or (``separate``) the outer weights as a plain parameter outside it."""
     gen = torch.Generator().manual_seed(data_seed)
     torch.manual_seed(data_seed)
     net = WeightedNet(n, d, batchnorm, dropout).to(DT)
@@ -122,7 +123,9 @@ def shared_engine(method="cg", n=16, d=3, batchnorm=False, dropout=0.0, data_see
     val = [(torch.randn(n, d, generator=gen, dtype=DT), torch.randn(n, generator=gen, dtype=DT))]
     inner_names = [k for k, _ in net.named_parameters() if k != "log_weight"]
     lower = SharedLower(module=net, params=inner_names, optimizer=lambda p: torch.optim.SGD(p, lr=0.1), data=train)
-    upper = SharedUpper(module=net, params=["log_weight"], optimizer=lambda p: torch.optim.SGD(p, lr=0.5), data=val)
+    upper_params = {"log_weight": torch.nn.Parameter(torch.zeros(n, dtype=DT))} if separate else ["log_weight"]
+    upper = SharedUpper(module=None if separate else net, params=upper_params,
+                        optimizer=lambda p: torch.optim.SGD(p, lr=0.5), data=val)
     config = bilevel.EngineConfig(**{"outer_steps": 3, "progress": False, **config})
     return bilevel.Engine(inner=lower, outer=upper, method=method, config=config), net, train, val
 
@@ -184,9 +187,10 @@ def test_engine_rejects_shared_parameters_and_missing_optimizers():
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the inner level is not trained: CG/Neumann warn
+@pytest.mark.parametrize("separate", [False, True], ids=["shared_module", "separate_levels"])
 @pytest.mark.parametrize("method", ["cg", "exact", "finite_difference", "unroll", "neumann"])
-def test_batchnorm_statistics_change_only_in_real_inner_steps(method):
-    engine, net, _, _ = shared_engine(method, batchnorm=True)
+def test_batchnorm_statistics_change_only_in_real_inner_steps(method, separate):
+    engine, net, _, _ = shared_engine(method, batchnorm=True, separate=separate)
     buffers = {k: v.clone() for k, v in net.named_buffers()}
     engine.outer_step()
     for k, v in net.named_buffers():

@@ -124,3 +124,14 @@ def test_settings_given_with_a_method_object_are_rejected():
 def test_unknown_method_type_is_a_type_error():
     with pytest.raises(TypeError, match="method name or a HypergradientMethod"):
         bilevel.methods.get(3)
+
+
+def test_hypergradient_rejects_empty_and_non_float_parameters():
+    problem = PROBLEMS[2]
+    inner, outer = problem.inner_params(problem.w0), problem.outer_params(problem.x0)
+    with pytest.raises(ValueError, match="outer_params is empty"):
+        bilevel.hypergradient(problem.g, problem.f, inner, {}, None, None, "cg")
+    with pytest.raises(ValueError, match="inner_params is empty"):
+        bilevel.hypergradient(problem.g, problem.f, {}, outer, None, None, "cg")
+    with pytest.raises(TypeError, match="parameter 'x' must be a floating-point tensor"):
+        bilevel.hypergradient(problem.g, problem.f, inner, {"x": torch.ones(3, dtype=torch.long)}, None, None, "cg")
