@@ -1,0 +1,103 @@
+"""``autolora`` command line: run | search | retrain | report | demo.
+
+    autolora demo --output-dir autolora-demo
+    autolora run --model-name-or-path PATH --train-file train.jsonl --validation-file dev.jsonl --output-dir out
+    autolora search ... --output-dir out ; autolora retrain ... --ranks out/ranks.json --output-dir out
+    autolora report out
+
+Every option of the config dataclasses is a flag (see ``autolora <command> --help``).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .arguments import add_dataclass_arguments, dataclasses_from_args
+from .config import AutoLoraConfig, RetrainConfig, RunConfig, SearchConfig
+
+__all__ = ["main", "build_parser"]
+
+_PREFIXES = {SearchConfig: "search", RetrainConfig: "retrain"}
+
+
+def _data_config():
+    from .data import DataConfig
+
+    return DataConfig
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autolora", description="AutoLoRA: learn a LoRA rank per weight matrix by bilevel optimization "
+        "(Zhang et al., 2024), then retrain with PEFT.")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="Logging level (default: INFO).")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    data = _data_config()
+    specs = {
+        "run": ("search the ranks, retrain with them, evaluate and write the report",
+                [RunConfig, data, AutoLoraConfig, SearchConfig, RetrainConfig]),
+        "search": ("search the ranks only (writes ranks.json, peft_config.json, search.json)",
+                   [RunConfig, data, AutoLoraConfig, SearchConfig]),
+        "retrain": ("retrain fresh PEFT LoRA with the ranks of --ranks, evaluate, save adapter/",
+                    [RunConfig, data, AutoLoraConfig, RetrainConfig]),
+    }
+    for name, (help_text, classes) in specs.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        add_dataclass_arguments(sub, classes, _PREFIXES)
+        if name == "retrain":
+            sub.add_argument("--ranks", default=None,
+                             help="ranks.json written by `autolora search` (default: <output-dir>/ranks.json).")
+    report = commands.add_parser("report", help="write report.html for a run directory",
+                                 description="write report.html (rank heatmap, selection weights, metrics)")
+    report.add_argument("dir", help="the --output-dir of a search or run")
+    demo = commands.add_parser("demo", help="run the whole pipeline offline on MiniLM and generated data",
+                               description="search + retrain + report on all-MiniLM-L6-v2 with a generated "
+                               "sentiment dataset (a few minutes on 2 CPU cores)")
+    demo.add_argument("--output-dir", default="autolora-demo", help="output directory (default: autolora-demo)")
+    demo.add_argument("--overwrite", action="store_true", help="allow a non-empty --output-dir")
+    demo.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    demo.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                      help="show progress bars (default: true)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    from . import pipeline
+
+    try:
+        if args.command == "report":
+            print(pipeline.report(args.dir))
+            return 0
+        if args.command == "demo":
+            from .demo import run_demo
+
+            run_demo(args.output_dir, overwrite=args.overwrite, device=args.device, progress=args.progress)
+            return 0
+        try:
+            configs = dataclasses_from_args(args)
+        except ValueError as error:
+            parser.error(str(error))
+        run, data, method = configs[RunConfig], configs[_data_config()], configs[AutoLoraConfig]
+        if args.command == "run":
+            metrics = pipeline.run(run, data, method, configs[SearchConfig], configs[RetrainConfig])
+            print(f"eval: {metrics.get('eval')}")
+        elif args.command == "search":
+            ranks = pipeline.search(run, data, method, configs[SearchConfig])
+            print(f"ranks: {ranks.ranks}")
+        else:
+            metrics = pipeline.retrain(run, data, method, configs[RetrainConfig], ranks=args.ranks)
+            print(f"eval: {metrics.get('eval')}")
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError, OSError) as error:
+        print(f"autolora {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""The Python API behind the CLI: `search`, `retrain`, `run` (both, then the report) and `report`.
+
+    from autolora import pipeline
+    from autolora.config import AutoLoraConfig, RetrainConfig, RunConfig, SearchConfig
+    from autolora.data import DataConfig
+
+    metrics = pipeline.run(RunConfig(model_name_or_path="path/to/model", output_dir="out"),
+                           DataConfig(train_file="train.jsonl", validation_file="dev.jsonl"),
+                           AutoLoraConfig(), SearchConfig(max_steps=300), RetrainConfig(epochs=2))
+
+Files written into ``output_dir`` (each atomically): ``config.json`` (every setting), ``ranks.json``,
+``peft_config.json``, ``search.json`` (trajectories, losses), ``adapter/`` (PEFT adapter), ``merged/`` (with
+``merge=True``), ``metrics.json``, ``report.html`` with ``rank_heatmap.png`` and ``trajectories.png``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import torch
+
+from . import report as report_module
+from . import retrain as retrain_module
+from . import search as search_module
+from .config import AutoLoraConfig, RetrainConfig, RunConfig, SearchConfig
+from .export import peft_config_dict, save_peft_config
+from .injection import head_module_names
+from .outputs import prepare_output_dir, write_json_atomic
+from .ranks import RankResult, load_ranks, save_ranks
+
+__all__ = ["search", "retrain", "run", "report", "resolve_device", "load_task"]
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; other names as given (checked to exist)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: no CUDA device is available; use --device cpu or auto")
+    return torch.device(name)
+
+
+def load_task(run_config: RunConfig, data_config):
+    """Tokenizer and `Task` for the run's model and data."""
+    from .tasks import build_task, load_tokenizer
+
+    if not run_config.progress:
+        import datasets
+
+        datasets.disable_progress_bars()
+    if not run_config.model_name_or_path:
+        raise ValueError("--model-name-or-path is required: a Hugging Face model name or a local directory")
+    tokenizer = load_tokenizer(run_config.model_name_or_path)
+    return build_task(data_config, tokenizer)
+
+
+def _output_dir(run_config: RunConfig) -> str:
+    if not run_config.output_dir:
+        raise ValueError("--output-dir is required")
+    return run_config.output_dir
+
+
+def _update_json(path: str, updates: dict) -> dict:
+    data = {}
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    data.update(updates)
+    write_json_atomic(path, data)
+    return data
+
+
+def _is_conv1d(module) -> bool:
+    return type(module).__name__ == "Conv1D"
+
+
+def _export(ranks: RankResult, config: AutoLoraConfig, model, task_kind: str) -> dict:
+    heads = config.modules_to_save if config.modules_to_save is not None else head_module_names(model)
+    modules = dict(model.named_modules())
+    fan_in_fan_out = any(_is_conv1d(getattr(modules.get(n), "base_layer", modules.get(n))) for n in ranks.ranks)
+    return peft_config_dict(ranks, config, modules_to_save=heads, task_kind=task_kind,
+                            fan_in_fan_out=fan_in_fan_out)
+
+
+def search(run_config: RunConfig, data_config, config: AutoLoraConfig, search_config: SearchConfig,
+           task=None, prepare: bool = True) -> RankResult:
+    """Search the ranks; writes ranks.json, peft_config.json, search.json, metrics.json and config.json."""
+    out = _output_dir(run_config)
+    if prepare:
+        prepare_output_dir(out, run_config.overwrite)
+    task = task or load_task(run_config, data_config)
+    _update_json(os.path.join(out, "config.json"), {
+        "run": run_config.to_dict(), "data": data_config.to_dict(), "autolora": config.to_dict(),
+        "search": search_config.to_dict()})
+    device = resolve_device(run_config.device)
+    model = task.load_model(run_config.model_name_or_path).to(device)
+    result = search_module.search(model, task.train, task.collate, config, search_config,
+                                  progress=run_config.progress)
+    save_ranks(result.ranks, os.path.join(out, "ranks.json"))
+    save_peft_config(_export(result.ranks, config, model, task.kind), os.path.join(out, "peft_config.json"))
+    write_json_atomic(os.path.join(out, "search.json"), {
+        "method": result.method, "steps": result.steps, "trajectory": result.trajectory.to_dict(),
+        "losses": result.losses})
+    _update_json(os.path.join(out, "metrics.json"), {
+        "task": {"kind": task.kind, "primary_metric": task.primary_metric, "train_examples": len(task.train)},
+        "search": {"method": result.method, "steps": result.steps, "wall_time_s": round(result.wall_time_s, 2),
+                   "trainable_parameters": result.trainable_parameters,
+                   "ranks_total": result.ranks.total_rank, "matrices": len(result.ranks.ranks)}})
+    return result.ranks
+
+
+def retrain(run_config: RunConfig, data_config, config: AutoLoraConfig, retrain_config: RetrainConfig,
+            ranks: str | RankResult | None = None, task=None) -> dict:
+    """Retrain fresh PEFT LoRA with the learned ranks, evaluate, save ``adapter/`` (and ``merged/``).
+
+    ``ranks`` is a ranks.json path or a `RankResult` (default: ``<output_dir>/ranks.json``). An existing
+    ``adapter/`` in the output directory is replaced only with ``overwrite``. Returns metrics.json's content.
+    """
+    out = _output_dir(run_config)
+    if os.path.exists(os.path.join(out, "adapter")) and not run_config.overwrite:
+        raise FileExistsError(f"--output-dir {out!r} already holds adapter/; pass --overwrite or choose another "
+                              "directory")
+    os.makedirs(out, exist_ok=True)
+    if not isinstance(ranks, RankResult):
+        ranks = load_ranks(ranks or os.path.join(out, "ranks.json"))
+    task = task or load_task(run_config, data_config)
+    _update_json(os.path.join(out, "config.json"), {
+        "run": run_config.to_dict(), "data": data_config.to_dict(), "autolora": config.to_dict(),
+        "retrain": retrain_config.to_dict()})
+    device = resolve_device(run_config.device)
+    model = task.load_model(run_config.model_name_or_path).to(device)
+    missing = [n for n in ranks.ranks if n not in dict(model.named_modules())]
+    if missing:
+        raise ValueError(f"retrain: ranks.json names modules the model lacks ({missing[:3]}...); was it written "
+                         "for another model?")
+    exported = _export(ranks, config, model, task.kind)
+    save_peft_config(exported, os.path.join(out, "peft_config.json"))
+    result = retrain_module.retrain(model, exported, task.train, task.collate, retrain_config,
+                                    progress=run_config.progress)
+    start = time.perf_counter()
+    evaluation = (task.evaluate(result.model, task.evaluation, batch_size=retrain_config.eval_batch_size)
+                  if task.evaluation is not None else {})
+    eval_time = time.perf_counter() - start
+    retrain_module.save_adapter(result.model, os.path.join(out, "adapter"))
+    if retrain_config.merge:
+        retrain_module.save_merged(result.model, os.path.join(out, "merged"), tokenizer=task.tokenizer)
+    logger.info("evaluation: %s", evaluation)
+    return _update_json(os.path.join(out, "metrics.json"), {
+        "eval": evaluation,
+        "retrain": {"steps": result.steps, "wall_time_s": round(result.wall_time_s, 2),
+                    "eval_wall_time_s": round(eval_time, 2), "trainable_parameters": result.trainable_parameters,
+                    "train_examples": len(task.train), "final_loss": result.losses[-1][1] if result.losses else None}})
+
+
+def run(run_config: RunConfig, data_config, config: AutoLoraConfig, search_config: SearchConfig,
+        retrain_config: RetrainConfig) -> dict:
+    """Search, retrain, evaluate and write the report. Returns metrics.json's content."""
+    out = prepare_output_dir(_output_dir(run_config), run_config.overwrite)
+    task = load_task(run_config, data_config)
+    start = time.perf_counter()
+    ranks = search(run_config, data_config, config, search_config, task=task, prepare=False)
+    run_config_for_retrain = RunConfig(**{**run_config.to_dict(), "overwrite": True})
+    retrain(run_config_for_retrain, data_config, config, retrain_config, ranks=ranks, task=task)
+    metrics = _update_json(os.path.join(out, "metrics.json"),
+                           {"total_wall_time_s": round(time.perf_counter() - start, 2)})
+    report(out)
+    return metrics
+
+
+def report(output_dir: str) -> str:
+    """Write report.html (rank heatmap, selection-weight trajectories, metrics) for a run directory."""
+    return report_module.write_report(output_dir)
+

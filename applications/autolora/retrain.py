@@ -1,0 +1,125 @@
+"""Retraining with the learned ranks: fresh PEFT LoRA on the whole training set (both search splits).
+
+The model is a standard PEFT model built from the exported config (`autolora.export.peft_config_dict`), trained
+with AdamW and a linear warmup/decay schedule, so the saved adapter is a plain PEFT adapter directory:
+
+    result = retrain(task.load_model(path), peft_config, task.train, task.collate, RetrainConfig())
+    save_adapter(result.model, "out/adapter")      # PeftModel.from_pretrained(base, "out/adapter") loads it
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .config import RetrainConfig
+from .export import build_peft_model
+from .outputs import atomic_directory
+from .search import DeviceLoader
+
+__all__ = ["RetrainResult", "retrain", "save_adapter", "save_merged"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RetrainResult:
+    """The trained PEFT model and what the training cost."""
+
+    model: nn.Module
+    steps: int
+    wall_time_s: float
+    trainable_parameters: int
+    losses: list[tuple[int, float]] = field(default_factory=list)
+
+
+def _schedule(optimizer: torch.optim.Optimizer, steps: int, warmup_ratio: float):
+    warmup = int(round(steps * warmup_ratio))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (steps - step) / max(1, steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def retrain(model: nn.Module, peft_config: dict, train_dataset: Sequence, collate: Callable,
+            config: RetrainConfig, progress: bool = True, log_every: int = 10) -> RetrainResult:
+    """Wrap ``model`` with fresh PEFT LoRA of ``peft_config`` and train it on ``train_dataset``."""
+    device = next(model.parameters()).device
+    torch.manual_seed(config.seed)
+    peft_model = build_peft_model(model, peft_config).to(device)
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    trainable = sum(p.numel() for p in params)
+    loader = DeviceLoader(DataLoader(train_dataset, batch_size=config.batch_size, shuffle=True, collate_fn=collate,
+                                     generator=torch.Generator().manual_seed(config.seed)), device)
+    steps = config.max_steps or max(1, math.ceil(config.epochs * len(loader)))
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = _schedule(optimizer, steps, config.warmup_ratio)
+    logger.info("retraining %d trainable parameters for %d steps on %d examples", trainable, steps,
+                len(train_dataset))
+    bar = _progress(steps, progress)
+    losses, step = [], 0
+    peft_model.train()
+    start = time.perf_counter()
+    while step < steps:
+        for batch in loader:
+            loss = peft_model(**batch).loss
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"retrain: non-finite loss at step {step + 1}; lower "
+                                         f"--retrain-learning-rate (now {config.learning_rate})")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            if step % log_every == 0 or step == steps:
+                losses.append((step, float(loss.detach())))
+                if bar is not None:
+                    bar.set_postfix(loss=f"{losses[-1][1]:.4g}")
+            if bar is not None:
+                bar.update(1)
+            if step >= steps:
+                break
+    wall = time.perf_counter() - start
+    if bar is not None:
+        bar.close()
+    peft_model.eval()
+    logger.info("retraining done in %.1fs", wall)
+    return RetrainResult(model=peft_model, steps=steps, wall_time_s=wall, trainable_parameters=trainable,
+                         losses=losses)
+
+
+def save_adapter(peft_model: nn.Module, path: str | os.PathLike) -> None:
+    """Save the PEFT adapter directory atomically (a temp directory renamed into place)."""
+    with atomic_directory(path) as tmp:
+        peft_model.save_pretrained(tmp)
+
+
+def save_merged(peft_model: nn.Module, path: str | os.PathLike, tokenizer=None) -> nn.Module:
+    """Merge the adapter into the weights (``merge_and_unload``) and save the plain model (and tokenizer).
+
+    ``peft_model`` is consumed: its base model now holds the merged weights. Returns the merged model.
+    """
+    merged = peft_model.merge_and_unload()
+    with atomic_directory(path) as tmp:
+        merged.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+    return merged
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="retrain steps", dynamic_ncols=True)

@@ -1,0 +1,189 @@
+"""One AutoLoRA search step vs one plain PEFT LoRA training step: time and peak memory, side by side.
+
+Same model (all-MiniLM-L6-v2 with a 2-class head), same targets (query, value), same batch (random token ids,
+batch 32 x length 64 by default). The search step is what `autolora.search` runs per outer step: one Adam step
+of the LoRA weights and head, then one hypergradient (default method) and one Adam step of the selection logits.
+The plain step is one forward/backward/AdamW step of PEFT LoRA with r = k = 8.
+
+Time: repetitions interleaved (search, plain, search, ...) after warm-up; medians are compared.
+Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` around one step. On CPU, a TorchDispatchMode records
+every tensor storage created during the step and drops it when the storage dies (a weak reference to the
+storage); the peak of the live sum is the step's transient memory. The resident state (weights, LoRA weights,
+optimizer state, allocated before the step) is added to give the total. Both ratios are printed.
+
+    python bench/autolora_step.py [--batch-size 32] [--seq-len 64] [--repeats 10] [--method finite_difference]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+import bilevel
+from autolora.config import AutoLoraConfig, SearchConfig
+from autolora.demo import minilm_path
+from autolora.injection import inject_gated_lora, lower_parameters, upper_parameters
+from autolora.search import GateSelection, LoraTraining, build_method
+
+
+class LiveTensorBytes(TorchDispatchMode):
+    """Peak bytes of tensor storages created inside the mode and still alive (CPU-independent of the allocator)."""
+
+    def __init__(self):
+        super().__init__()
+        self.live: dict[int, tuple[StorageWeakRef, int]] = {}
+        self.current = 0
+        self.peak = 0
+
+    def _sweep(self):
+        for key in [k for k, (ref, _) in self.live.items() if ref.expired()]:
+            self.current -= self.live.pop(key)[1]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self._sweep()
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                storage = t.untyped_storage()
+                key = storage.data_ptr()
+                if storage.nbytes() and key not in self.live:
+                    self.live[key] = (StorageWeakRef(storage), storage.nbytes())
+                    self.current += storage.nbytes()
+        self.peak = max(self.peak, self.current)
+        return out
+
+
+def state_bytes(model: torch.nn.Module, *optimizers: torch.optim.Optimizer) -> int:
+    """Bytes of the parameters, buffers and optimizer state held between steps."""
+    total = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+    for opt in optimizers:
+        for state in opt.state.values():
+            total += sum(v.numel() * v.element_size() for v in state.values() if isinstance(v, torch.Tensor))
+    return total
+
+
+def make_batch(tokenizer, batch_size: int, seq_len: int, seed: int, device) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, tokenizer.vocab_size, (batch_size, seq_len), generator=g)
+    ids[:, 0], ids[:, -1] = tokenizer.cls_token_id, tokenizer.sep_token_id
+    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device),
+            "labels": torch.randint(0, 2, (batch_size,), generator=g).to(device)}
+
+
+def build_search_step(path, batch, val_batch, method, device):
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2).to(device)
+    inject_gated_lora(model, AutoLoraConfig(k=8))
+    model.to(device).train()
+    lower_params, upper_params = lower_parameters(model), upper_parameters(model)
+    cfg = SearchConfig(method=method)
+    lower = LoraTraining(module=model, params=lower_params, data=[batch],
+                         optimizer=torch.optim.Adam(list(lower_params.values()), lr=cfg.learning_rate))
+    upper = GateSelection(module=model, params=upper_params, data=[val_batch],
+                          optimizer=torch.optim.Adam(list(upper_params.values()), lr=cfg.alpha_learning_rate,
+                                                     betas=tuple(cfg.alpha_betas)))
+    engine = bilevel.Engine(lower, upper, method=build_method(cfg), config=bilevel.EngineConfig(progress=False))
+
+    def step():
+        engine.inner_step()
+        engine.outer_step()
+
+    return step, model, (lower.optimizer, upper.optimizer)
+
+
+def build_plain_step(path, batch, device):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    base = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2).to(device)
+    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.1, target_modules=["query", "value"],
+                                            modules_to_save=["classifier"])).train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-4)
+
+    def step():
+        loss = model(**batch).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step, model, (optimizer,)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_step_bytes(step, device) -> int:
+    """Transient bytes of one step (see the module docstring for the method)."""
+    if device.type == "cuda":
+        sync(device)
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        sync(device)
+        return torch.cuda.max_memory_allocated() - base
+    with LiveTensorBytes() as mode:
+        step()
+    return mode.peak
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
+    parser.add_argument("--seq-len", type=int, default=64, help="tokens per example (default 64)")
+    parser.add_argument("--repeats", type=int, default=10, help="timed repetitions of each step (default 10)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed repetitions first (default 2)")
+    parser.add_argument("--method", default="finite_difference", help="hypergradient method (default finite_difference)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    from transformers import AutoTokenizer
+
+    path = minilm_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    batch = make_batch(tokenizer, args.batch_size, args.seq_len, 0, device)
+    val_batch = make_batch(tokenizer, args.batch_size, args.seq_len, 1, device)
+    search_step, search_model, search_opts = build_search_step(path, batch, val_batch, args.method, device)
+    plain_step, plain_model, plain_opts = build_plain_step(path, batch, device)
+    steps = {"search": search_step, "plain": plain_step}
+    for _ in range(args.warmup):
+        for step in steps.values():
+            step()
+    times = {name: [] for name in steps}
+    for _ in range(args.repeats):
+        for name, step in steps.items():
+            sync(device)
+            start = time.perf_counter()
+            step()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    transient = {name: peak_step_bytes(step, device) for name, step in steps.items()}
+    resident = {"search": state_bytes(search_model, *search_opts), "plain": state_bytes(plain_model, *plain_opts)}
+    median = {name: statistics.median(values) for name, values in times.items()}
+    mib = 2 ** 20
+    print(f"device={device} threads={torch.get_num_threads()} batch={args.batch_size}x{args.seq_len} "
+          f"method={args.method} repeats={args.repeats}")
+    for name in steps:
+        print(f"{name:>6}: median step {median[name] * 1000:8.1f} ms (min {min(times[name]) * 1000:.1f}), "
+              f"transient peak {transient[name] / mib:7.1f} MiB, resident state {resident[name] / mib:6.1f} MiB, "
+              f"total {(transient[name] + resident[name]) / mib:7.1f} MiB")
+    time_ratio = median["search"] / median["plain"]
+    total = {n: transient[n] + resident[n] for n in steps}
+    print(f"ratio search/plain: time {time_ratio:.2f}x (target <= 4), peak memory total "
+          f"{total['search'] / total['plain']:.2f}x (target <= 1.3), transient only "
+          f"{transient['search'] / transient['plain']:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

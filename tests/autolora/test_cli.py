@@ -1,0 +1,91 @@
+import json
+import os
+
+import pytest
+import torch
+from peft import PeftModel
+
+from autolora.cli import main
+from autolora.demo import _NEGATIVE, _NOUNS, _POSITIVE, _TEMPLATES, generate_sentiment_data
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A local tiny BERT folder (config + weights + WordPiece tokenizer) and generated jsonl data."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    root = tmp_path_factory.mktemp("tiny")
+    words = sorted({w for t in _TEMPLATES for w in t.split()} | set(_POSITIVE + _NEGATIVE + _NOUNS) | {"not"})
+    words = [w for w in words if "{" not in w]
+    (root / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(root / "vocab.txt"))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(words) + 5, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64)
+    model_dir = root / "model"
+    BertForSequenceClassification(config).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    for split, n, seed in (("train", 48, 0), ("validation", 16, 1)):
+        rows = generate_sentiment_data(n, seed)
+        (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def common(tiny_dir, out):
+    return ["--model-name-or-path", str(tiny_dir / "model"), "--train-file", str(tiny_dir / "train.jsonl"),
+            "--validation-file", str(tiny_dir / "validation.jsonl"), "--output-dir", str(out), "--no-progress",
+            "--k", "4"]
+
+
+def test_run_writes_every_output_and_the_adapter_loads(tiny_dir, tmp_path):
+    out = tmp_path / "run"
+    args = ["run", *common(tiny_dir, out), "--search-max-steps", "4", "--search-batch-size", "8",
+            "--retrain-max-steps", "3", "--retrain-batch-size", "8", "--record-every", "2", "--merge"]
+    assert main(args) == 0
+    for name in ("ranks.json", "peft_config.json", "search.json", "metrics.json", "config.json", "report.html",
+                 "rank_heatmap.png", "trajectories.png", "adapter/adapter_config.json", "merged/config.json"):
+        assert (out / name).exists(), name
+    assert not [p for p in os.listdir(out) if p.startswith(".")]  # no temp leftovers
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"accuracy", "f1"} <= set(metrics["eval"])
+    assert metrics["search"]["trainable_parameters"]["upper"] == 4 * 4
+    assert metrics["retrain"]["trainable_parameters"] > 0 and metrics["search"]["wall_time_s"] >= 0
+    ranks = json.loads((out / "ranks.json").read_text())
+    assert len(ranks["ranks"]) == 4 and ranks["k"] == 4
+    assert "data:image/png;base64," in (out / "report.html").read_text()
+    # The saved adapter is a plain PEFT adapter.
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_dir / "model")
+    loaded = PeftModel.from_pretrained(base, out / "adapter").eval()
+    merged = AutoModelForSequenceClassification.from_pretrained(out / "merged").eval()
+    batch = AutoTokenizer.from_pretrained(tiny_dir / "model")(["the film was great ."], return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**batch).logits, loaded(**batch).logits, atol=1e-5, rtol=1e-4)
+    # A second run into the same directory is refused without --overwrite.
+    assert main(args) == 1
+
+
+def test_search_then_retrain_then_report(tiny_dir, tmp_path, capsys):
+    out, out2 = tmp_path / "search", tmp_path / "retrain"
+    assert main(["search", *common(tiny_dir, out), "--search-max-steps", "2", "--search-batch-size", "8",
+                 "--method", "identity_implicit"]) == 0
+    assert not (out / "adapter").exists()
+    assert main(["retrain", *common(tiny_dir, out2), "--ranks", str(out / "ranks.json"),
+                 "--retrain-max-steps", "2"]) == 0
+    assert (out2 / "adapter" / "adapter_model.safetensors").exists()
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.html").exists()
+
+
+def test_bad_target_is_a_one_line_error(tiny_dir, tmp_path, capsys):
+    code = main(["search", *common(tiny_dir, tmp_path / "x"), "--target-modules", "q_proj",
+                 "--search-max-steps", "1"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("autolora search: error")]
+    assert code == 1 and len(err) == 1 and "q_proj" in err[0] and "attention.self.query" in err[0]
+
+
+def test_bad_option_names_the_field(tiny_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["search", *common(tiny_dir, tmp_path / "y"), "--threshold", "1.5"])
+    assert "threshold" in capsys.readouterr().err
