@@ -153,9 +153,9 @@ def run(args) -> dict:
     trajectory = []
 
     def on_validate(engine):
-        metrics = {"val_acc": accuracy(model, splits["val"])}
-        trajectory.append((engine.step, metrics["val_acc"]))
-        return metrics
+        acc = accuracy(model, splits["val"])
+        trajectory.append((engine.step, acc))
+        return {"acc": acc}  # the Engine logs it as "val_acc"
 
     engine = bilevel.Engine(
         inner=Training(args.weight_decay, module=model, optimizer=lambda ps: torch.optim.Adam(ps, lr=args.inner_lr),
