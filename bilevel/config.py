@@ -22,13 +22,16 @@ class EngineConfig:
     checkpoint_dir: Optional[str] = field(default=None, metadata={"help": "Save the full bilevel state here."})
     checkpoint_every: int = field(default=0, metadata={"help": "Save a checkpoint every N outer steps (0: only at the end)."})
     resume: bool = field(default=False, metadata={"help": "Continue from the checkpoint in checkpoint_dir if there is one."})
+    accumulation_steps: int = field(default=1, metadata={
+        "help": "Micro-batches per step for both levels: gradients, Hessian-vector products and finite-difference "
+                "passes are averaged over them, one micro-batch in memory at a time."})
     inner_grad_clip: Optional[float] = field(default=None, metadata={"help": "Clip the inner gradient norm to this."})
     outer_grad_clip: Optional[float] = field(default=None, metadata={"help": "Clip the hypergradient norm to this."})
     autocast_dtype: Optional[str] = field(default=None, metadata={
         "help": "Run forward passes under torch.autocast with 'bfloat16' or 'float16' (None: full precision)."})
 
     def __post_init__(self):
-        for name in ("outer_steps", "log_every"):
+        for name in ("outer_steps", "log_every", "accumulation_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"EngineConfig: {name} must be an integer >= 1, got {value!r}")

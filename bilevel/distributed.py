@@ -75,10 +75,3 @@ def shard(items, rank_index: int | None = None, size: int | None = None):
     per_rank = length // size
     return items[rank_index * per_rank:(rank_index + 1) * per_rank]
 
-
-def mean_pair(first: Params, second: Params) -> tuple[Params, Params]:
-    """:func:`mean_across_ranks` of two dicts (whose names may overlap) in one collective per dtype."""
-    if not is_distributed():
-        return first, second
-    merged = mean_across_ranks({**{("a", k): v for k, v in first.items()}, **{("b", k): v for k, v in second.items()}})
-    return {k: merged[("a", k)] for k in first}, {k: merged[("b", k)] for k in second}

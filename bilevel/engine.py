@@ -15,6 +15,7 @@ from .distributed import is_distributed, mean_across_ranks, rank
 from .history import MetricsHistory
 from .hypergradient import hypergradient
 from .params import Params, detached
+from .passes import MicroBatches, parts
 from .problem import Problem
 from .second_order import check_second_order_support
 
@@ -71,14 +72,21 @@ class Engine:
         return torch.autocast(self._device_type, dtype=self._autocast_dtype)
 
     def inner_step(self) -> float:
-        """One real optimizer step of the inner level on its next batch, outer parameters detached."""
-        batch = self.inner.next_batch()
+        """One real optimizer step of the inner level on its next batch, outer parameters detached.
+
+        With ``config.accumulation_steps = n`` the step accumulates gradients over n micro-batches.
+        """
+        batch = self._next(self.inner)
         self._last_inner_batch = batch
         self.inner.optimizer.zero_grad(set_to_none=True)
-        with self.outer.bind(detached(self.outer.stored_params)), self._autocast():
-            loss = self.inner.loss(batch)
-        self._check_finite(loss, "inner", "loss")
-        self._scaler.scale(loss).backward()
+        pieces = parts(batch)
+        total = 0.0
+        for piece in pieces:
+            with self.outer.bind(detached(self.outer.stored_params)), self._autocast():
+                loss = self.inner.loss(piece) / len(pieces)
+            self._check_finite(loss, "inner", "loss")
+            self._scaler.scale(loss).backward()
+            total += float(loss.detach())
         self._scaler.unscale_(self.inner.optimizer)
         _average_gradients(self.inner.stored_params)
         if self.config.inner_grad_clip is not None:
@@ -87,13 +95,13 @@ class Engine:
         self._scaler.update()
         if self.inner.scheduler is not None:
             self.inner.scheduler.step()
-        return float(loss.detach())
+        return total
 
     def outer_step(self) -> _methods.HypergradientResult:
         """One hypergradient of the outer loss and one outer optimizer step."""
-        inner_batch = self._last_inner_batch if self._last_inner_batch is not None else self.inner.next_batch()
+        inner_batch = self._last_inner_batch if self._last_inner_batch is not None else self._next(self.inner)
         result = hypergradient(self.inner_loss, self.outer_loss, self.inner.stored_params, self.outer.stored_params,
-                               inner_batch, self.outer.next_batch(), self.method, state=self.method_state,
+                               inner_batch, self._next(self.outer), self.method, state=self.method_state,
                                return_result=True)
         if "outer_loss" in result.diagnostics:  # a method may return finite grads from a NaN loss (zero mixed term)
             self._check_finite(result.diagnostics["outer_loss"], "outer", "loss")
@@ -150,6 +158,11 @@ class Engine:
         if bar is not None:
             bar.close()
         return self.history
+
+    def _next(self, level: Problem) -> Any:
+        """The next batch of a level, or ``accumulation_steps`` of them as :class:`MicroBatches`."""
+        n = self.config.accumulation_steps
+        return level.next_batch() if n == 1 else MicroBatches([level.next_batch() for _ in range(n)])
 
     def state_dict(self) -> Dict[str, Any]:
         """The full bilevel state: both levels, step counter, method state, history and every RNG."""

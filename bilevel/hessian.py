@@ -1,8 +1,10 @@
-"""Products with the second-derivative blocks of the inner loss, from one gradient graph.
+"""Products with the second-derivative blocks of the inner loss.
 
-``grad_w g(w, x)`` is computed once with ``create_graph=True``; every product then differentiates that graph again:
-``H v = d<grad_w g, v>/dw`` and ``(d^2 g / dx dw) v = d<grad_w g, v>/dx``. Reusing one graph costs one forward
-pass for the whole solve and makes every product see the same dropout masks.
+``grad_w g(w, x)`` is computed with ``create_graph=True`` and differentiated again for every product:
+``H v = d<grad_w g, v>/dw`` and ``(d^2 g / dx dw) v = d<grad_w g, v>/dx``. On a plain batch the gradient graph is
+built once and reused by every product (one forward pass per solve, the same dropout masks for every product). On
+:class:`~bilevel.passes.MicroBatches` each product rebuilds the graph one micro-batch at a time, trading a forward
+and backward pass per micro-batch and product for memory; the RNG replay keeps the masks identical.
 """
 from __future__ import annotations
 
@@ -13,26 +15,33 @@ import torch
 from . import params as P
 from .distributed import mean_across_ranks
 from .params import Params
+from .passes import MicroBatches, parts
 
 
 class InnerHessian:
-    """Hessian-vector and mixed-derivative-vector products of ``inner_loss`` at ``(w, x)`` on one batch."""
+    """Hessian-vector and mixed-derivative-vector products of ``inner_loss`` at ``(w, x)`` on a batch."""
 
     def __init__(self, inner_loss: Callable, inner_params: Params, outer_params: Params, batch: Any):
+        self.inner_loss, self.batch = inner_loss, batch
         self.inner_params, self.outer_params = inner_params, outer_params
-        loss = inner_loss(inner_params, outer_params, batch)
-        self.gradient = P.grad(loss, inner_params, create_graph=True)
         self.products = 0
+        self._gradient = None if isinstance(batch, MicroBatches) else self._gradient_on(batch)
+
+    def _gradient_on(self, piece: Any) -> Params:
+        loss = self.inner_loss(self.inner_params, self.outer_params, piece)
+        return P.grad(loss, self.inner_params, create_graph=True)
 
     def _differentiate(self, vector: Params, wrt: Params) -> Params:
-        pairs = [(g, vector[k]) for k, g in self.gradient.items() if g.requires_grad]
-        if not pairs:  # the gradient does not depend on anything: the product is zero on every rank
-            return P.zeros_like(wrt)
-        outputs, grad_outputs = zip(*pairs)
-        grads = torch.autograd.grad(outputs, list(wrt.values()), grad_outputs=grad_outputs, retain_graph=True,
-                                    allow_unused=True)
+        pieces = parts(self.batch)
+        total = None
+        for piece in pieces:
+            gradient = self._gradient if self._gradient is not None else self._gradient_on(piece)
+            product = _product(gradient, vector, wrt)
+            total = product if total is None else P.add(total, product)
+        if len(pieces) > 1:
+            total = P.scale(total, 1.0 / len(pieces))
         self.products += 1
-        return mean_across_ranks(P.fill_missing_grads([None if g is None else g.detach() for g in grads], wrt))
+        return mean_across_ranks(total)
 
     def matvec(self, vector: Params) -> Params:
         """``H_ww v``, the inner Hessian times ``v``."""
@@ -41,3 +50,14 @@ class InnerHessian:
     def mixed(self, vector: Params) -> Params:
         """``(d^2 g / dx dw) v``, a vector shaped like the outer parameters."""
         return self._differentiate(vector, self.outer_params)
+
+
+def _product(gradient: Params, vector: Params, wrt: Params) -> Params:
+    """d<gradient, vector>/d wrt, keeping the gradient's graph for the next product."""
+    pairs = [(g, vector[k]) for k, g in gradient.items() if g.requires_grad]
+    if not pairs:  # the gradient depends on nothing: the product is zero (on every rank alike)
+        return P.zeros_like(wrt)
+    outputs, grad_outputs = zip(*pairs)
+    grads = torch.autograd.grad(outputs, list(wrt.values()), grad_outputs=grad_outputs, retain_graph=True,
+                                allow_unused=True)
+    return P.fill_missing_grads([None if g is None else g.detach() for g in grads], wrt)

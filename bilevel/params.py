@@ -78,8 +78,3 @@ def grad(output: torch.Tensor, params: Params, **kwargs) -> Params:
     grads = torch.autograd.grad(output, list(params.values()), allow_unused=True, **kwargs)
     return fill_missing_grads(grads, params)
 
-
-def grad_pair(output: torch.Tensor, first: Params, second: Params, **kwargs) -> tuple[Params, Params]:
-    """``(d output / d first, d output / d second)`` from one backward pass; the dicts' names may overlap."""
-    grads = torch.autograd.grad(output, [*first.values(), *second.values()], allow_unused=True, **kwargs)
-    return fill_missing_grads(grads[:len(first)], first), fill_missing_grads(grads[len(first):], second)

@@ -4,7 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .. import params as P
-from ..distributed import mean_across_ranks, mean_pair
+from ..distributed import mean_across_ranks
+from ..passes import loss_gradients
 from ..validation import require_positive
 from .base import HypergradientMethod, HypergradientResult, register
 
@@ -19,9 +20,11 @@ def finite_difference_mixed_product(inner_loss, inner_params, outer_params, batc
     if size == 0:
         return P.zeros_like(outer_params), 0.0
     e = epsilon / size
-    plus = P.grad(inner_loss(P.detached(P.add(inner_params, direction, e)), outer_params, batch), outer_params)
-    minus = P.grad(inner_loss(P.detached(P.add(inner_params, direction, -e)), outer_params, batch), outer_params)
-    return P.scale(mean_across_ranks(P.sub(plus, minus)), 1.0 / (2 * e)), float(e)
+    _, (plus,) = loss_gradients(inner_loss, P.detached(P.add(inner_params, direction, e)), outer_params, batch,
+                                (outer_params,), across_ranks=False)
+    _, (minus,) = loss_gradients(inner_loss, P.detached(P.add(inner_params, direction, -e)), outer_params, batch,
+                                 (outer_params,), across_ranks=False)
+    return P.scale(mean_across_ranks(P.sub(plus, minus)), 1.0 / (2 * e)), float(e)  # the two passes, reduced once
 
 
 @register("finite_difference", "darts")
@@ -48,12 +51,11 @@ class FiniteDifference(HypergradientMethod):
 
     def compute(self, inner_loss, outer_loss, inner_params, outer_params, inner_batch, outer_batch, state=None):
         detached_outer = P.detached(outer_params)
-        step = mean_across_ranks(P.grad(inner_loss(inner_params, detached_outer, inner_batch), inner_params))
+        _, (step,) = loss_gradients(inner_loss, inner_params, detached_outer, inner_batch, (inner_params,))
         virtual = P.detached(P.add(inner_params, step, -self.lr), requires_grad=True)
-        outer = outer_loss(virtual, outer_params, outer_batch)
-        grad_x, v = mean_pair(*P.grad_pair(outer, outer_params, virtual))
+        outer, (grad_x, v) = loss_gradients(outer_loss, virtual, outer_params, outer_batch, (outer_params, virtual))
         mixed, e = finite_difference_mixed_product(inner_loss, inner_params, outer_params, inner_batch, v, self.epsilon)
         grads = {k: grad_x[k] - self.lr * mixed[k] for k in grad_x}
         return HypergradientResult(grads, {"gradient_evaluations": 4, "perturbation": e,
-                                           "outer_loss": outer.detach()})
+                                           "outer_loss": outer})
 

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..distributed import mean_across_ranks
-from ..params import grad
+from ..passes import loss_gradients
 from .base import HypergradientMethod, HypergradientResult, register
 
 
@@ -18,5 +17,5 @@ class FirstOrder(HypergradientMethod):
     """
 
     def compute(self, inner_loss, outer_loss, inner_params, outer_params, inner_batch, outer_batch, state=None):
-        loss = outer_loss(inner_params, outer_params, outer_batch)
-        return HypergradientResult(mean_across_ranks(grad(loss, outer_params)), {"gradient_evaluations": 1, "outer_loss": loss.detach()})
+        loss, (grads,) = loss_gradients(outer_loss, inner_params, outer_params, outer_batch, (outer_params,))
+        return HypergradientResult(grads, {"gradient_evaluations": 1, "outer_loss": loss})

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .. import params as P
-from ..distributed import mean_pair
+from ..passes import loss_gradients
 from ..validation import require_positive
 from .base import HypergradientMethod, HypergradientResult, register
 from .finite_difference import finite_difference_mixed_product
@@ -32,9 +32,9 @@ class IdentityImplicit(HypergradientMethod):
         require_positive("IdentityImplicit", epsilon=self.epsilon)
 
     def compute(self, inner_loss, outer_loss, inner_params, outer_params, inner_batch, outer_batch, state=None):
-        outer = outer_loss(inner_params, outer_params, outer_batch)
-        grad_x, v = mean_pair(*P.grad_pair(outer, outer_params, inner_params))
+        outer, (grad_x, v) = loss_gradients(outer_loss, inner_params, outer_params, outer_batch,
+                                            (outer_params, inner_params))
         mixed, e = finite_difference_mixed_product(inner_loss, inner_params, outer_params, inner_batch, v, self.epsilon)
         grads = {k: grad_x[k] - mixed[k] for k in grad_x}
         return HypergradientResult(grads, {"gradient_evaluations": 3, "perturbation": e,
-                                           "outer_loss": outer.detach()})
+                                           "outer_loss": outer})

@@ -5,8 +5,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .. import params as P
-from ..distributed import mean_pair
 from ..hessian import InnerHessian
+from ..passes import loss_gradients
 from .base import HypergradientMethod, HypergradientResult, register
 
 
@@ -29,15 +29,15 @@ class ImplicitMethod(HypergradientMethod):
         raise NotImplementedError
 
     def compute(self, inner_loss, outer_loss, inner_params, outer_params, inner_batch, outer_batch, state=None):
-        outer = outer_loss(inner_params, outer_params, outer_batch)
-        grad_x, grad_w = mean_pair(*P.grad_pair(outer, outer_params, inner_params))
+        outer, (grad_x, grad_w) = loss_gradients(outer_loss, inner_params, outer_params, outer_batch,
+                                                 (outer_params, inner_params))
         hessian = InnerHessian(inner_loss, inner_params, outer_params, inner_batch)
         start = state if self.warm_start and state is not None else None
         solution, info = self.make_solver()(hessian.matvec, grad_w, start)
         mixed = hessian.mixed(solution)
         grads = {k: grad_x[k] - mixed[k] for k in grad_x}
         diagnostics = {"gradient_evaluations": 2, "hvp": hessian.products, "residual": info.residual,
-                       "iterations": info.iterations, "converged": info.converged, "outer_loss": outer.detach()}
+                       "iterations": info.iterations, "converged": info.converged, "outer_loss": outer}
         return HypergradientResult(grads, diagnostics, P.detached(solution))
 
 

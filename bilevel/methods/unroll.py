@@ -4,9 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict
 
-from .. import params as P
-from ..distributed import mean_across_ranks
 from ..inner_optimizers import INNER_OPTIMIZERS, make_inner_optimizer
+from ..passes import loss_gradients
 from ..validation import require_positive, require_positive_integer
 from .base import HypergradientMethod, HypergradientResult, register
 
@@ -42,11 +41,10 @@ class Unroll(HypergradientMethod):
         optimizer = make_inner_optimizer(self.optimizer, self.lr, **self.optimizer_settings)
         weights, opt_state = inner_params, optimizer.init(inner_params)
         for batch in batches:
-            step = mean_across_ranks(P.grad(inner_loss(weights, outer_params, batch), weights, create_graph=True))
+            _, (step,) = loss_gradients(inner_loss, weights, outer_params, batch, (weights,), create_graph=True)
             weights, opt_state = optimizer.update(step, opt_state, weights)
-        outer = outer_loss(weights, outer_params, outer_batch)
-        return HypergradientResult(mean_across_ranks(P.grad(outer, outer_params)),
-                                   {"gradient_evaluations": self.steps + 1, "outer_loss": outer.detach()})
+        outer, (grads,) = loss_gradients(outer_loss, weights, outer_params, outer_batch, (outer_params,))
+        return HypergradientResult(grads, {"gradient_evaluations": self.steps + 1, "outer_loss": outer})
 
 
 def _per_step_batches(inner_batch, steps):
