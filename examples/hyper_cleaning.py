@@ -113,6 +113,8 @@ def parse_args(argv=None):
     parser.add_argument("--warmup-steps", type=int, default=200, help="inner steps before the first outer step")
     parser.add_argument("--method", default="cg", help=f"hypergradient method, one of {bilevel.methods.names()}")
     parser.add_argument("--unroll-steps", type=int, default=10, help="differentiable steps for --method unroll")
+    parser.add_argument("--virtual-lr", type=float, default=0.5,
+                        help="SGD step size of the differentiated steps of unroll and finite_difference")
     parser.add_argument("--outer-lr", type=float, default=0.1, help="Adam learning rate of the weight logits")
     parser.add_argument("--inner-lr", type=float, default=0.05, help="Adam learning rate of the classifier")
     parser.add_argument("--weight-decay", type=float, default=1e-3, help="L2 on the classifier")
@@ -123,8 +125,11 @@ def parse_args(argv=None):
 
 
 def make_method(args):
+    """Step-based methods get their step settings from the flags; the others their defaults."""
     if args.method in ("unroll", "reverse"):
-        return bilevel.methods.get(args.method, steps=args.unroll_steps, lr=args.inner_lr * 10)
+        return bilevel.methods.get(args.method, steps=args.unroll_steps, lr=args.virtual_lr)
+    if args.method in ("finite_difference", "darts"):
+        return bilevel.methods.get(args.method, lr=args.virtual_lr)
     return bilevel.methods.get(args.method)
 
 
