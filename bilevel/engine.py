@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 from typing import Any, Callable, Dict, Optional
@@ -26,6 +27,8 @@ class Engine:
     Each outer step: ``config.inner_steps`` real optimizer steps of the inner level (outer parameters held fixed and
     detached), then one hypergradient of the outer loss through the inner level by ``method``, written into the outer
     parameters' ``.grad`` and applied by the outer optimizer. Method state (e.g. warm starts) is kept between steps.
+    A method given by name whose settings include ``lr`` (``finite_difference``, ``unroll``) takes the learning rate
+    of the inner optimizer; pass a method object to choose it yourself.
 
     >>> engine = Engine(inner=Train(model, ...), outer=Validate(hyper, ...), method="cg",
     ...                 config=EngineConfig(outer_steps=200))
@@ -38,7 +41,7 @@ class Engine:
                  on_step: Optional[Callable[["Engine", int], None]] = None):
         self.inner, self.outer = inner, outer
         inner.outer, outer.inner = outer, inner
-        self.method = _methods.get(method)
+        self.method = _method_for(method, inner)
         self.config = config or EngineConfig()
         self.on_validate, self.on_step = on_validate, on_step
         for level in (inner, outer):
@@ -205,6 +208,23 @@ class Engine:
                                      "lower the learning rates, or check the data and the method's settings")
 
 
+def _method_for(method: Any, inner: Problem) -> _methods.HypergradientMethod:
+    """A method by name takes its inner learning rate (a setting named ``lr``) from the inner optimizer.
+
+    The finite-difference and unroll hypergradients model the inner update, so their ``lr`` must be the one the inner
+    level really uses; a method object is taken as given.
+    """
+    if not isinstance(method, str):
+        return _methods.get(method)
+    resolved = _methods.get(method)
+    has_lr = any(f.name == "lr" for f in dataclasses.fields(resolved)) if dataclasses.is_dataclass(resolved) else False
+    if has_lr and hasattr(inner.optimizer, "param_groups"):
+        lr = inner.optimizer.param_groups[0].get("lr")
+        if isinstance(lr, (int, float)) and lr > 0:
+            return _methods.get(method, lr=float(lr))
+    return resolved
+
+
 def _average_gradients(params: Params) -> None:
     """DistributedDataParallel semantics for the real inner step: average ``.grad`` over ranks in one collective."""
     if not is_distributed():
@@ -224,7 +244,7 @@ def _numeric(diagnostics: Dict[str, Any]) -> Dict[str, float]:
     for key, value in diagnostics.items():
         if isinstance(value, torch.Tensor) and value.numel() == 1:
             out[key] = float(value)
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        elif isinstance(value, (int, float)):  # booleans such as "converged" become 0/1
             out[key] = float(value)
     return out
 

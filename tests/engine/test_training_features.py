@@ -79,3 +79,13 @@ def test_invalid_settings_name_the_field():
         bilevel.EngineConfig(outer_grad_clip=0)
     with pytest.raises(ValueError, match="checkpoint_dir"):
         bilevel.EngineConfig(resume=True)
+
+
+@pytest.mark.parametrize("name", ["finite_difference", "darts", "unroll"])
+def test_method_by_name_takes_the_inner_learning_rate(name):
+    assert make_engine(name).method.lr == pytest.approx(0.05)
+
+
+def test_method_object_is_taken_as_given():
+    method = bilevel.methods.FiniteDifference(lr=0.3)
+    assert make_engine(method).method is method
