@@ -1,12 +1,13 @@
 """Implicit differentiation, written once; the linear solver is a parameter (CG, Neumann, dense, or your own)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .. import params as P
 from ..hessian import InnerHessian
 from ..passes import loss_gradients
+from ..solvers import ConjugateGradientSolver
 from .base import HypergradientMethod, HypergradientResult, register
 
 
@@ -44,9 +45,12 @@ class ImplicitMethod(HypergradientMethod):
 @register("implicit")
 @dataclass
 class Implicit(ImplicitMethod):
-    """Implicit differentiation with a user-supplied solver ``solver(matvec, b, x0=None) -> (x, SolveInfo)``."""
+    """Implicit differentiation with any solver ``solver(matvec, b, x0=None) -> (x, SolveInfo)``.
 
-    solver: Any = None
+    Without a solver it uses conjugate gradient with its default settings (the same as method "cg").
+    """
+
+    solver: Any = field(default_factory=ConjugateGradientSolver)
     warm_start: bool = False
 
     def __post_init__(self):
