@@ -133,3 +133,23 @@ def test_search_on_a_tiny_transformer_keeps_the_model_in_place(arch):
         assert wrapped, f"{name} was copied"
     assert any(w != [0.25] * 4 for w in result.ranks.weights.values())
     assert result.trainable_parameters["upper"] == 4 * len(result.ranks.ranks)
+
+
+@pytest.mark.parametrize("method", bilevel.methods.names())
+def test_every_registered_method_runs_the_search(method):
+    model = tiny_model("bert")
+    rows = [{k: v[0] for k, v in tiny_batch(batch_size=1, seed=s).items()} for s in range(12)]
+    result = search(model, rows, default_collate, AutoLoraConfig(k=2, lora_dropout=0.0),
+                    SearchConfig(method=method, max_steps=2, batch_size=4, alpha_learning_rate=0.1), progress=False)
+    assert result.method and all(1 <= r <= 2 for r in result.ranks.ranks.values())
+
+
+def test_search_on_a_causal_language_model():
+    model = tiny_model("llama", kind="generation")
+    rows = []
+    for s in range(12):
+        ids = tiny_batch(batch_size=1, seed=s)["input_ids"][0]
+        rows.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids})
+    result = search(model, rows, default_collate, AutoLoraConfig(k=2),
+                    SearchConfig(max_steps=2, batch_size=4), progress=False)
+    assert len(result.ranks.ranks) == 4 and result.trainable_parameters["lower"] == 2 * 2 * (2 * 16 + 16 * 2)
