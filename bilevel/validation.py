@@ -14,3 +14,16 @@ def require_positive_integer(owner: str, **values) -> None:
     for key, value in values.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{owner}: {key} must be an integer >= 1, got {value!r}")
+
+
+def warn_caller(message: str, category: type = RuntimeWarning) -> None:
+    """Warn, attributing the warning to the first frame outside this package (the user's call)."""
+    import os
+    import sys
+    import warnings
+
+    package = os.path.dirname(os.path.abspath(__file__))
+    level, frame = 2, sys._getframe(1)  # stacklevel 2 is the caller of this function
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)

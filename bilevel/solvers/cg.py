@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 from .. import params as P
-from ..validation import require_positive, require_positive_integer
+from ..validation import require_positive, require_positive_integer, warn_caller
 from .base import SolveInfo
 
 
@@ -52,10 +51,10 @@ class ConjugateGradientSolver:
             matvecs += 1
             curvature = P.dot(p, ap)
             if curvature <= 0:
-                warnings.warn(f"ConjugateGradient: non-positive curvature p^T H p = {float(curvature):.3g} at "
+                warn_caller(f"ConjugateGradient: non-positive curvature p^T H p = {float(curvature):.3g} at "
                               f"iteration {iteration}; the inner Hessian is not positive definite here (the inner "
                               "parameters are not at a minimum). Returning the current iterate; add damping or train "
-                              "the inner level closer to its optimum.", RuntimeWarning, stacklevel=3)
+                              "the inner level closer to its optimum.")
                 break
             step = rr / curvature
             x = P.add(x, p, step)

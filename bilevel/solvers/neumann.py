@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Optional
 
 from .. import params as P
-from ..validation import require_positive, require_positive_integer
+from ..validation import require_positive, require_positive_integer, warn_caller
 from .base import SolveInfo, SolverDivergedError
 
 
@@ -72,7 +71,6 @@ class NeumannSolver:
                                       f"{self.iterations} terms with step {step:.3g}); pass a smaller step, "
                                       f"e.g. step={step / 4:.3g}")
         if residual > 1.0:
-            warnings.warn(f"Neumann: the residual grew to {residual:.3g} x ||b|| with step {step:.3g}; the step is "
-                          "too large or the inner Hessian has negative eigenvalues; pass a smaller step",
-                          RuntimeWarning, stacklevel=3)
+            warn_caller(f"Neumann: the residual grew to {residual:.3g} x ||b|| with step {step:.3g}; the step is "
+                          "too large or the inner Hessian has negative eigenvalues; pass a smaller step")
         return P.scale(total, step), SolveInfo(self.iterations, matvecs, residual, residual < 1.0)
