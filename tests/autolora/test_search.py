@@ -135,7 +135,13 @@ def test_search_on_a_tiny_transformer_keeps_the_model_in_place(arch):
     assert result.trainable_parameters["upper"] == 4 * len(result.ranks.ranks)
 
 
-@pytest.mark.parametrize("method", bilevel.methods.names())
+# Dense-Hessian methods ("exact", "dense") take about a minute even here: they run with --runslow.
+FAST_METHODS = ["first_order", "finite_difference", "identity_implicit", "unroll", "neumann", "cg"]
+SLOW_METHODS = sorted(set(bilevel.methods.names()) - set(FAST_METHODS) - {"darts", "fo", "conjugate_gradient"})
+
+
+@pytest.mark.filterwarnings("ignore:ConjugateGradient")
+@pytest.mark.parametrize("method", FAST_METHODS + [pytest.param(m, marks=pytest.mark.slow) for m in SLOW_METHODS])
 def test_every_registered_method_runs_the_search(method):
     model = tiny_model("bert")
     rows = [{k: v[0] for k, v in tiny_batch(batch_size=1, seed=s).items()} for s in range(12)]
