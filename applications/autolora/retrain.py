@@ -85,6 +85,9 @@ def retrain(model: nn.Module, peft_config: dict, train_dataset: Sequence, collat
                 losses.append((step, float(loss.detach())))
                 if bar is not None:
                     bar.set_postfix(loss=f"{losses[-1][1]:.4g}")
+            if step % max(1, steps // 10) == 0 or step == steps:
+                logger.info("retrain step %d/%d: loss %.4g (%.1fs)", step, steps, float(loss.detach()),
+                            time.perf_counter() - start)
             if bar is not None:
                 bar.update(1)
             if step >= steps:

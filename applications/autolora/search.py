@@ -167,9 +167,15 @@ def search(model: nn.Module, train_dataset: Sequence, collate: Callable, config:
     trajectory = Trajectory()
     trajectory.record(0, model)
 
+    log_every = max(1, steps // 10)
+
     def record(engine: bilevel.Engine, step: int) -> None:
         if step % search_config.record_every == 0 or step == steps:
             trajectory.record(step, model)
+        if step % log_every == 0 or step == steps:
+            logger.info("search step %d/%d: lower loss %.4g, upper loss %.4g (%.1fs)", step, steps,
+                        engine.history.last("inner_loss") or math.nan, engine.history.last("outer_loss") or math.nan,
+                        time.perf_counter() - start)
         if on_step is not None:
             on_step(engine, step)
 
