@@ -92,6 +92,9 @@ def search(run_config: RunConfig, data_config, config: AutoLoraConfig, search_co
     out = _output_dir(run_config)
     if prepare:
         prepare_output_dir(out, run_config.overwrite)
+    for stale in ("metrics.json", "config.json"):  # a new search starts the run's records afresh
+        if os.path.exists(os.path.join(out, stale)):
+            os.remove(os.path.join(out, stale))
     task = task or load_task(run_config, data_config)
     _update_json(os.path.join(out, "config.json"), {
         "run": run_config.to_dict(), "data": data_config.to_dict(), "autolora": config.to_dict(),
@@ -163,8 +166,7 @@ def run(run_config: RunConfig, data_config, config: AutoLoraConfig, search_confi
     task = load_task(run_config, data_config)
     start = time.perf_counter()
     ranks = search(run_config, data_config, config, search_config, task=task, prepare=False)
-    run_config_for_retrain = RunConfig(**{**run_config.to_dict(), "overwrite": True})
-    retrain(run_config_for_retrain, data_config, config, retrain_config, ranks=ranks, task=task)
+    retrain(run_config, data_config, config, retrain_config, ranks=ranks, task=task)
     metrics = _update_json(os.path.join(out, "metrics.json"),
                            {"total_wall_time_s": round(time.perf_counter() - start, 2)})
     report(out)
