@@ -72,3 +72,35 @@ def test_all_zero_ranks_is_an_error():
     ranks = RankResult(ranks={"a": 0}, k=2, threshold=0.5, allow_zero_rank=True)
     with pytest.raises(ValueError, match="nothing to retrain"):
         peft_config_dict(ranks, AutoLoraConfig(k=2))
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2"])
+def test_exported_peft_model_equals_our_gated_model_with_the_kept_components(arch):
+    """With rank_scaling="search" and the kept components copied over, PEFT computes what our layers compute."""
+    from autolora.injection import gated_layers, inject_gated_lora
+    from autolora.ranks import compute_ranks
+
+    cfg = AutoLoraConfig(k=4, lora_alpha=8, lora_dropout=0.0, rank_scaling="search")
+    ours = tiny_model(arch)
+    inject_gated_lora(ours, cfg)
+    torch.manual_seed(1)
+    for layer in gated_layers(ours).values():
+        with torch.no_grad():
+            layer.lora_B.normal_()
+            layer.lora_logits.normal_(std=2.0)
+    ranks = compute_ranks(ours, threshold=0.25)
+    for name, layer in gated_layers(ours).items():  # keep exactly the thresholded components, at full gate
+        gates = torch.zeros(4)
+        gates[ranks.kept[name]] = 1.0
+        layer.fixed_gates = gates
+    exported = peft_config_dict(ranks, cfg, modules_to_save=head_module_names(tiny_model(arch)),
+                                fan_in_fan_out=arch == "gpt2")
+    theirs = build_peft_model(tiny_model(arch), exported).eval()
+    modules = dict(theirs.base_model.model.named_modules())
+    with torch.no_grad():
+        for name, layer in gated_layers(ours).items():
+            kept = ranks.kept[name]
+            modules[name].lora_A["default"].weight.copy_(layer.lora_A[kept])
+            modules[name].lora_B["default"].weight.copy_(layer.lora_B[:, kept])
+    batch = tiny_batch()
+    torch.testing.assert_close(theirs(**batch).logits, ours(**batch).logits, atol=1e-5, rtol=1e-4)
