@@ -1,4 +1,6 @@
-"""Shared pytest options: slow tests run only with --runslow."""
+"""Shared pytest options (at the repository root, so pytest puts the root, not tests/, on sys.path: the test
+folders tests/bilevel and tests/autolora must not shadow the packages of the same names). Slow tests run only
+with --runslow."""
 import pytest
 
 
