@@ -246,7 +246,8 @@ def autolora(seed: int = 0, batch_size: int = 8, seq_len: int = 16, weight_decay
                                      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
                                      attn_implementation="eager")
     model = transformers.BertForSequenceClassification(config).to(DTYPE).eval()
-    inject_gated_lora(model, AutoLoraConfig(k=4, target_modules=["query", "value"]))
+    inject_gated_lora(model, AutoLoraConfig(k=4, target_modules=["query", "value"], lora_dropout=0.0))
+    model.eval()  # the injected layers are new modules in training mode
     g = _generator(seed)
     make = lambda: {"input_ids": torch.randint(0, 100, (batch_size, seq_len), generator=g),
                     "labels": torch.randint(0, 2, (batch_size,), generator=g)}
