@@ -30,7 +30,6 @@ A second part checks betty's defects with numbers (``--no-claims`` skips it).
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import time
 import warnings
@@ -310,18 +309,17 @@ def step_size(work: Workload) -> float:
 
 def groups(work: Workload, have: Dict[str, bool], k_cg: int, k_neumann: int, steps: int, rng_fix: bool):
     """(group name, [(library, callable, reset or None)], note) for every group of the same mathematics."""
-    import_torchopt = have["torchopt"]
     alpha = step_size(work)
     result = []
     unroll = [("bilevel", lambda: work.ours(bilevel.methods.Unroll(steps=steps, lr=work.lr)), None)]
     if have["higher"]:
         unroll.append(("higher", higher_unroll(work, steps), None))
-    if import_torchopt:
+    if have["torchopt"]:
         unroll.append(("torchopt", torchopt_unroll(work, steps), None))
     result.append((f"unroll:{steps}", unroll))
     cg = [("bilevel", lambda: work.ours(bilevel.methods.ConjugateGradient(k_cg, tol=1e-30)), None)]
     neumann = [("bilevel", lambda: work.ours(bilevel.methods.Neumann(k_neumann + 1, step=alpha)), None)]
-    if import_torchopt:
+    if have["torchopt"]:
         import torchopt
         cg.append(("torchopt", torchopt_implicit(work, torchopt.linear_solve.solve_cg(maxiter=k_cg, rtol=1e-30)), None))
         neumann.append(("torchopt", torchopt_implicit(
