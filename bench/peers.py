@@ -25,7 +25,7 @@ machine noise cancels in the ratios; the median time is reported. Peak memory: `
 peak bytes of tensor storages created during the call and alive together; CUDA: max_memory_allocated).
 A second part checks betty's defects with numbers (``--no-claims`` skips it).
 
-    python bench/peers.py [--workloads mlp autolora] [--repeats 7] [--size small|base] [--threads 2]
+    python bench/peers.py [--workloads mlp autolora] [--repeats 7] [--size small|base] [--threads 2] [--device cuda]
 """
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ from bilevel.peak_memory import peak_memory
 from bilevel.solvers import largest_eigenvalue
 from bilevel.hessian import InnerHessian
 from bilevel.rng import RngReplay
+from torch.utils._pytree import tree_map
 
 SIZES = {"small": dict(hidden=32, layers=2, heads=2, vocab=1000), "base": dict(hidden=256, layers=4, heads=4, vocab=4000)}
 
@@ -57,6 +58,15 @@ class Workload:
         self.name, self.model, self.inner, self.outer = name, model, inner, outer
         self.train, self.val, self.inner_loss, self.outer_loss = train, val, inner_loss, outer_loss
         self.forward, self.lr = forward, lr  # forward(batch, params dict) -> loss without regularisation
+        self.device = torch.device("cpu")
+
+    def to(self, device: str) -> "Workload":
+        """Move the module, parameters and batches (built on CPU) to ``device``."""
+        move = lambda tree: tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, tree)
+        self.model.to(device)
+        self.inner, self.outer, self.train, self.val = map(move, (self.inner, self.outer, self.train, self.val))
+        self.device = torch.device(device)
+        return self
 
     def ours(self, method) -> Dict[str, torch.Tensor]:
         return bilevel.hypergradient(self.inner_loss, self.outer_loss, self.inner, self.outer, self.train, self.val,
@@ -344,13 +354,16 @@ def groups(work: Workload, have: Dict[str, bool], k_cg: int, k_neumann: int, ste
     return result
 
 
-def timed(call: Callable) -> float:
+def timed(call: Callable, device: torch.device) -> float:
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
     start = time.perf_counter()
     call()
+    sync()
     return time.perf_counter() - start
 
 
-def run_group(name, contenders, reference, repeats):
+def run_group(name, contenders, reference, repeats, device):
     values = {}
     for library, call, reset in contenders:  # warm-up; the values reported
         values[library] = call()
@@ -360,13 +373,13 @@ def run_group(name, contenders, reference, repeats):
     for r in range(repeats):  # A B C, B C A, ...: alternation with a rotating start
         order = contenders[r % len(contenders):] + contenders[:r % len(contenders)]
         for library, call, reset in order:
-            times[library].append(timed(call))
+            times[library].append(timed(call, device))
             if reset:
                 reset()
     rows = []
     ours = values[contenders[0][0]]
     for library, call, reset in contenders:
-        memory, _ = peak_memory(call, "cpu")
+        memory, _ = peak_memory(call, device)
         if reset:
             reset()
         error = relative_error(values[library], reference) if reference is not None else float("nan")
@@ -436,6 +449,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--workloads", nargs="+", default=["mlp", "autolora"], choices=["mlp", "autolora"])
     parser.add_argument("--size", default="small", choices=list(SIZES), help="AutoLoRA encoder size")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (memory: max_memory_allocated on cuda)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--no-claims", action="store_true", help="skip the betty defect checks")
     parser.add_argument("--no-rng-fix", action="store_true",
@@ -454,10 +468,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     import importlib.metadata as md
     versions = {n: (md.version(d) if have[n] else "-") for n, d in
                 (("higher", "higher"), ("torchopt", "torchopt"), ("betty", "betty-ml"))}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; " +
+    print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads; " +
           ", ".join(f"{k} {v}" for k, v in versions.items()))
     for workload in args.workloads:
-        work = mlp_workload() if workload == "mlp" else autolora_workload(args.size)
+        work = (mlp_workload() if workload == "mlp" else autolora_workload(args.size)).to(args.device)
         if workload == "mlp":
             reference = work.ours(bilevel.methods.Exact())
             reference_name = f"exact dense solve ({sum(v.numel() for v in work.inner.values())} inner parameters)"
@@ -468,7 +482,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         rows = []
         for name, contenders in groups(work, have, k_cg, k_neumann, steps, not args.no_rng_fix):
             try:
-                rows += run_group(name, contenders, reference, args.repeats)
+                rows += run_group(name, contenders, reference, args.repeats, work.device)
             except Exception as error:
                 print(f"{workload} {name}: failed: {type(error).__name__}: {error}")
         print_rows(f"{workload}" + (f" ({args.size})" if workload == "autolora" else ""), rows, reference_name)

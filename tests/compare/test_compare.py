@@ -166,3 +166,13 @@ def test_builtin_problems_start_at_the_inner_optimum(name):
     assert max(float(g.abs().max()) for g in gradient) < 1e-7
     row = compare(problem, "cg:60", repeats=1).rows[0]
     assert row.relative_error < 1e-6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, module", [("hyper_cleaning", "sklearn"), ("autolora", "transformers")])
+def test_larger_builtin_problems_compare_end_to_end(name, module):
+    pytest.importorskip(module)
+    problem = make_problem(name)
+    report = compare(problem, "cg:30 first_order", repeats=1)
+    assert report.reference.startswith("exact dense solve")
+    assert report.rows[0].relative_error < 1e-4 and report.rows[1].error is None
