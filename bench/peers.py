@@ -15,7 +15,7 @@ Groups of the same mathematics (each peer as its documentation and source say):
   cg:K         K CG iterations on H q = grad_w f: ours ``ConjugateGradient(K, tol=1e-30)``; TorchOpt ``custom_root``
                with ``linear_solve.solve_cg(maxiter=K)``; betty ``type="cg"`` with ``cg_iterations=K``.
   neumann:K    alpha * sum_{i<=K} (I - alpha H)^i b with a fixed alpha = 0.5 / lambda_max (K products): ours
-               ``Neumann(K + 1, step=alpha)`` (one more product: the residual that guards against divergence);
+               ``Neumann(K, step=alpha)``;
                TorchOpt ``solve_inv(ns=True, maxiter=K, alpha=alpha)``; betty ``type="neumann"``.
   darts        betty ``type="darts"`` against ours ``identity_implicit`` (the same formula) and ``finite_difference``
                (the one-step unroll that DARTS approximates).
@@ -33,7 +33,6 @@ import argparse
 import statistics
 import time
 import warnings
-from contextlib import contextmanager
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -41,11 +40,10 @@ import torch.nn.functional as F
 
 import bilevel
 from bilevel import params as P
-from bilevel.compare import cosine, relative_error
+from bilevel.comparison import cosine, relative_error
 from bilevel.peak_memory import peak_memory
 from bilevel.solvers import largest_eigenvalue
 from bilevel.hessian import InnerHessian
-from bilevel.rng import RngReplay
 from torch.utils._pytree import tree_map
 
 SIZES = {"small": dict(hidden=32, layers=2, heads=2, vocab=1000), "base": dict(hidden=256, layers=4, heads=4, vocab=4000)}
@@ -285,29 +283,6 @@ class BettyLevels:
                 p.copy_(self.work.inner[k])
 
 
-# ---- the proposed core fix, measured as a what-if ------------------------------------------------------------
-
-@contextmanager
-def _seeded_replay(self):
-    """RngReplay.__call__ seeding the generators directly: torch.manual_seed costs ~0.2-0.3 ms per call on CPU."""
-    with torch.random.fork_rng(devices=self.devices):
-        torch.default_generator.manual_seed(self.seed)
-        for device in self.devices:
-            torch.cuda.default_generators[device].manual_seed(self.seed)
-        yield
-
-
-def with_rng_fix(call: Callable) -> Callable:
-    def run():
-        original, RngReplay.__call__ = RngReplay.__call__, _seeded_replay
-        try:
-            return call()
-        finally:
-            RngReplay.__call__ = original
-
-    return run
-
-
 # ---- measurement ----------------------------------------------------------------------------------------------
 
 def step_size(work: Workload) -> float:
@@ -317,7 +292,7 @@ def step_size(work: Workload) -> float:
     return 0.5 / top
 
 
-def groups(work: Workload, have: Dict[str, bool], k_cg: int, k_neumann: int, steps: int, rng_fix: bool):
+def groups(work: Workload, have: Dict[str, bool], k_cg: int, k_neumann: int, steps: int):
     """(group name, [(library, callable, reset or None)], note) for every group of the same mathematics."""
     alpha = step_size(work)
     result = []
@@ -328,7 +303,7 @@ def groups(work: Workload, have: Dict[str, bool], k_cg: int, k_neumann: int, ste
         unroll.append(("torchopt", torchopt_unroll(work, steps), None))
     result.append((f"unroll:{steps}", unroll))
     cg = [("bilevel", lambda: work.ours(bilevel.methods.ConjugateGradient(k_cg, tol=1e-30)), None)]
-    neumann = [("bilevel", lambda: work.ours(bilevel.methods.Neumann(k_neumann + 1, step=alpha)), None)]
+    neumann = [("bilevel", lambda: work.ours(bilevel.methods.Neumann(k_neumann, step=alpha)), None)]
     if have["torchopt"]:
         import torchopt
         cg.append(("torchopt", torchopt_implicit(work, torchopt.linear_solve.solve_cg(maxiter=k_cg, rtol=1e-30)), None))
@@ -346,11 +321,6 @@ def groups(work: Workload, have: Dict[str, bool], k_cg: int, k_neumann: int, ste
         betty_darts = BettyLevels(work, type="darts", darts_alpha=0.01)
         darts.append(("betty darts", betty_darts, betty_darts.reset))
     result.append(("darts", darts))
-    if rng_fix:
-        for _, contenders in result:
-            ours = [(f"{library} +rng fix", with_rng_fix(call), None) for library, call, _ in contenders
-                    if library.startswith("bilevel")]
-            contenders[len(ours):len(ours)] = ours
     return result
 
 
@@ -452,8 +422,6 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (memory: max_memory_allocated on cuda)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--no-claims", action="store_true", help="skip the betty defect checks")
-    parser.add_argument("--no-rng-fix", action="store_true",
-                        help="skip the extra rows measuring this library with the proposed RngReplay fix")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -480,7 +448,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             reference, reference_name = None, "none (inner not at an optimum); rel. diff to ours is the check"
             k_cg, k_neumann, steps = 5, 5, 1
         rows = []
-        for name, contenders in groups(work, have, k_cg, k_neumann, steps, not args.no_rng_fix):
+        for name, contenders in groups(work, have, k_cg, k_neumann, steps):
             try:
                 rows += run_group(name, contenders, reference, args.repeats, work.device)
             except Exception as error:

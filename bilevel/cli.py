@@ -16,7 +16,7 @@ import torch
 
 from . import methods
 from .builtin_problems import PROBLEMS, BilevelProblem, make_problem
-from .compare import compare
+from .comparison import compare
 from .method_specs import SpecError
 
 DEFAULT_SPECS = ["cg:5,10,20", "neumann:5,20,100", "unroll:1,5", "finite_difference", "first_order"]

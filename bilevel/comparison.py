@@ -1,6 +1,6 @@
 """Compare hypergradient methods on one bilevel problem: error against a reference, time, memory, cost.
 
-    from bilevel.compare import compare
+    from bilevel import compare
     from bilevel.builtin_problems import make_problem
     report = compare(make_problem("quadratic"), "cg:5,10,20 neumann:5,20 unroll:1,5 finite_difference first_order")
     print(report.table())

@@ -12,7 +12,7 @@ from .implicit import ImplicitMethod
 @register("neumann")
 @dataclass
 class Neumann(ImplicitMethod):
-    """H^-1 b ~= step * sum_{i<K} (I - step H)^i b (Lorraine et al., 2020), K = ``iterations`` products.
+    """H^-1 b ~= step * sum_{i<=K} (I - step H)^i b (Lorraine et al., 2020), K = ``iterations`` products.
 
     ``step=None`` (default) takes 1 / lambda_max(H) from ``power_iterations`` power-iteration products, which makes
     the series converge whenever H is positive definite; a fixed step must satisfy step < 2 / lambda_max. A series

@@ -26,11 +26,13 @@ def largest_eigenvalue(matvec, start, iterations: int = 20):
 
 @dataclass
 class NeumannSolver:
-    """x = step * sum_{i<K} (I - step A)^i b, which converges to A^-1 b when 0 < step < 2 / lambda_max(A).
+    """x = step * sum_{i<=K} (I - step A)^i b from K = ``iterations`` products; converges to A^-1 b when
+    0 < step < 2 / lambda_max(A).
 
     With ``step=None`` the step is 1 / lambda_max estimated by ``power_iterations`` products (power iteration starting
-    from b), so the series contracts at rate 1 - lambda_min / lambda_max. The residual b - A x equals the next term
-    (I - step A)^K b and comes for free. A residual that grows means the step is too large or A has negative
+    from b), so the series contracts at rate 1 - lambda_min / lambda_max. The reported residual is ||(I - step A)^K b||
+    / ||b||, the exact residual of the series without its last term and, while the series contracts, a bound on the
+    residual of x; it costs no extra product. A residual that grows means the step is too large or A has negative
     eigenvalues: it warns, and raises when the residual exceeds ``blowup`` times ||b||.
     """
 
@@ -59,12 +61,10 @@ class NeumannSolver:
                                           "step makes the series converge; the inner level is not at a minimum")
             step = 1.0 / top
         term, total = dict(b), dict(b)
-        for i in range(1, self.iterations):
-            term = P.add(term, matvec(term), -step)
+        for _ in range(self.iterations):
+            term = P.add(term, matvec(term), -step)  # (I - step A)^i b
             total = P.add(total, term)
             matvecs += 1
-        term = P.add(term, matvec(term), -step)  # (I - step A)^K b: the residual of step * total
-        matvecs += 1
         residual = float(P.norm(term)) / b_norm
         if not math.isfinite(residual) or residual > self.blowup:
             raise SolverDivergedError(f"Neumann: the series diverged (relative residual {residual:.3g} after "

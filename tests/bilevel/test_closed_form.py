@@ -53,13 +53,13 @@ def test_neumann_automatic_step_converges_geometrically(problem):
 
 
 def test_neumann_at_fixed_step_is_the_truncated_series():
-    """Neumann(step=s) returns grad_x f - J^T s sum_{i<K} (I - s H)^i grad_w f exactly."""
+    """Neumann(iterations=K, step=s) returns grad_x f - J^T s sum_{i<=K} (I - s H)^i grad_w f exactly (K products)."""
     problem = Quadratic()
     x, step, iterations = problem.x0, 0.1, 7
     w = problem.w_star(x)
     hess, series = problem.A, torch.zeros_like(problem.A)
     power = torch.eye(len(w), dtype=DT)
-    for _ in range(iterations):
+    for _ in range(iterations + 1):  # K products give the terms i = 0..K
         series, power = series + power, power @ (torch.eye(len(w), dtype=DT) - step * hess)
     expected = problem.outer_grad_x(w, x) - problem.mixed(w, x, None).T @ (step * series @ problem.outer_grad_w(w, x))
     value = hypergradient(problem, Neumann(iterations=iterations, step=step), w, x)
@@ -147,7 +147,8 @@ def test_long_unroll_from_optimum_approaches_implicit():
     errors = []
     for steps in (2, 20, 80):
         unrolled = hypergradient(problem, Unroll(steps=steps, lr=lr), w, x)
-        series = hypergradient(problem, Neumann(iterations=steps, step=lr), w, x)
+        # K unrolled steps sum the terms i < K, which a Neumann series builds from K - 1 products
+        series = hypergradient(problem, Neumann(iterations=steps - 1, step=lr), w, x)
         assert relative_error(unrolled, series) < 1e-10
         errors.append(relative_error(unrolled, problem.closed_form(x)))
     assert errors[0] > 1e-2

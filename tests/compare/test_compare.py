@@ -8,7 +8,7 @@ import torch
 from bilevel import methods
 from bilevel.builtin_problems import BilevelProblem, make_problem
 from bilevel.cli import main
-from bilevel.compare import compare
+from bilevel import compare
 from bilevel.method_specs import SpecError, parse_specs
 
 DTYPE = torch.float64
