@@ -8,7 +8,9 @@ import bilevel
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 # Pages whose snippets need an environment a test cannot provide; keep this list short and say why.
-NOT_RUNNABLE = {"scaling.md": "its snippets start a torch.distributed process group under torchrun"}
+NOT_RUNNABLE = {"scaling.md": "its snippets start a torch.distributed process group under torchrun",
+                "autolora.md": "its snippets need a model, data files and minutes of training; tests/autolora runs the "
+                               "same pipeline on tiny models"}
 PAGES = sorted(path.name for path in DOCS.glob("*.md"))
 
 
