@@ -49,3 +49,10 @@ def test_api_page_names_every_public_name():
 def test_mkdocs_nav_lists_every_page():
     nav = (DOCS.parent / "mkdocs.yml").read_text()
     assert [page for page in PAGES if page not in nav] == []
+
+
+def test_readme_snippets_run():
+    readme = (DOCS.parent / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    assert blocks
+    exec(compile("\n".join(blocks), "README.md", "exec"), {"__name__": "readme"})
