@@ -22,6 +22,10 @@ class EngineConfig:
     checkpoint_dir: Optional[str] = field(default=None, metadata={"help": "Save the full bilevel state here."})
     checkpoint_every: int = field(default=0, metadata={"help": "Save a checkpoint every N outer steps (0: only at the end)."})
     resume: bool = field(default=False, metadata={"help": "Continue from the checkpoint in checkpoint_dir if there is one."})
+    reuse_inner_gradient: bool = field(default=False, metadata={
+        "help": "DARTS' order: each outer step first computes the hypergradient at the current inner parameters, "
+                "then takes the first inner step with the inner gradient the method computed anyway (finite "
+                "difference, unroll), saving one forward and backward pass per outer step."})
     accumulation_steps: int = field(default=1, metadata={
         "help": "Micro-batches per step for both levels: gradients, Hessian-vector products and finite-difference "
                 "passes are averaged over them, one micro-batch in memory at a time."})

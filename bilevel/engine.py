@@ -74,6 +74,33 @@ class Engine:
             return contextlib.nullcontext()
         return torch.autocast(self._device_type, dtype=self._autocast_dtype)
 
+    def _outer_then_inner_step(self):
+        """DARTS' order: hypergradient at the current inner parameters on the next inner batch, outer update, then
+        the real inner step on that batch with the inner gradient the method already computed (outer parameters as
+        they were, exactly as an inner step taken first would see them): one forward and backward pass saved."""
+        batch = self._next(self.inner)
+        self._last_inner_batch = batch
+        result = self.outer_step()
+        if result.inner_grads is None:  # the method does not compute it: a separate inner step
+            return result, self.inner_step()
+        inner_loss = result.diagnostics.get("inner_loss")
+        if inner_loss is not None:
+            self._check_finite(torch.as_tensor(inner_loss), "inner", "loss")
+        self.inner.optimizer.zero_grad(set_to_none=True)
+        for name, parameter in self.inner.stored_params.items():
+            parameter.grad = result.inner_grads[name].to(parameter.dtype)
+        self._apply_inner_gradients()
+        return result, math.nan if inner_loss is None else float(inner_loss)
+
+    def _apply_inner_gradients(self) -> None:
+        """Clip, step and schedule the inner level from the gradients in ``.grad``."""
+        if self.config.inner_grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(list(self.inner.stored_params.values()), self.config.inner_grad_clip)
+        self._scaler.step(self.inner.optimizer)
+        self._scaler.update()
+        if self.inner.scheduler is not None:
+            self.inner.scheduler.step()
+
     def inner_step(self) -> float:
         """One real optimizer step of the inner level on its next batch, outer parameters detached.
 
@@ -92,12 +119,7 @@ class Engine:
             total += float(loss.detach())
         self._scaler.unscale_(self.inner.optimizer)
         _average_gradients(self.inner.stored_params)
-        if self.config.inner_grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(list(self.inner.stored_params.values()), self.config.inner_grad_clip)
-        self._scaler.step(self.inner.optimizer)
-        self._scaler.update()
-        if self.inner.scheduler is not None:
-            self.inner.scheduler.step()
+        self._apply_inner_gradients()
         return total
 
     def outer_step(self) -> _methods.HypergradientResult:
@@ -137,13 +159,18 @@ class Engine:
                 self.inner_step()
         bar = _progress(config.outer_steps, self.step, config.progress)
         while self.step < config.outer_steps:
-            inner_loss = math.nan
-            for _ in range(config.inner_steps):
-                inner_loss = self.inner_step()
-            result = self.outer_step()
+            if config.reuse_inner_gradient and config.inner_steps >= 1 and not self._scaler.is_enabled():
+                result, inner_loss = self._outer_then_inner_step()
+                for _ in range(config.inner_steps - 1):
+                    inner_loss = self.inner_step()
+            else:
+                inner_loss = math.nan
+                for _ in range(config.inner_steps):
+                    inner_loss = self.inner_step()
+                result = self.outer_step()
             self.step += 1
             if self.step % config.log_every == 0 or self.step == config.outer_steps:
-                self.history.log(self.step, inner_loss=inner_loss, **_numeric(result.diagnostics))
+                self.history.log(self.step, **{**_numeric(result.diagnostics), "inner_loss": inner_loss})
                 if bar is not None:
                     bar.set_postfix(inner_loss=f"{inner_loss:.4g}", outer_loss=f"{self.history.last('outer_loss') or math.nan:.4g}")
             if self.on_validate is not None and (

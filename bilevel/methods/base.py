@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Dict
+from typing import Any, Callable, ClassVar, Dict, Optional
 
 import torch
 
@@ -19,11 +19,14 @@ class HypergradientResult:
     ``diagnostics`` holds counts such as ``gradient_evaluations`` (forward+backward passes of a loss) and
     ``hvp`` (Hessian-vector products), and for implicit methods ``residual`` (relative linear-solve residual).
     ``state`` is opaque to the caller; pass it back on the next call (the Engine does) for warm starts.
+    ``inner_grads``, when a method computed it anyway, is grad_w g(w, x) on the inner batch at the given point (the
+    finite difference's first pass, an unroll's first step): the Engine can take its real inner step with it.
     """
 
     grads: Params
     diagnostics: Dict[str, Any] = field(default_factory=dict)
     state: Any = None
+    inner_grads: Optional[Params] = None
 
 
 class HypergradientMethod:

@@ -51,11 +51,11 @@ class FiniteDifference(HypergradientMethod):
 
     def compute(self, inner_loss, outer_loss, inner_params, outer_params, inner_batch, outer_batch, state=None):
         detached_outer = P.detached(outer_params)
-        _, (step,) = loss_gradients(inner_loss, inner_params, detached_outer, inner_batch, (inner_params,))
+        inner, (step,) = loss_gradients(inner_loss, inner_params, detached_outer, inner_batch, (inner_params,))
         virtual = P.detached(P.add(inner_params, step, -self.lr), requires_grad=True)
         outer, (grad_x, v) = loss_gradients(outer_loss, virtual, outer_params, outer_batch, (outer_params, virtual))
         mixed, e = finite_difference_mixed_product(inner_loss, inner_params, outer_params, inner_batch, v, self.epsilon)
         grads = {k: grad_x[k] - self.lr * mixed[k] for k in grad_x}
-        return HypergradientResult(grads, {"gradient_evaluations": 4, "perturbation": e,
-                                           "outer_loss": outer})
+        return HypergradientResult(grads, {"gradient_evaluations": 4, "perturbation": e, "outer_loss": outer,
+                                           "inner_loss": inner}, inner_grads=step)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict
 
+from .. import params as P
 from ..inner_optimizers import INNER_OPTIMIZERS, make_inner_optimizer
 from ..passes import loss_gradients
 from ..validation import require_positive, require_positive_integer
@@ -40,11 +41,15 @@ class Unroll(HypergradientMethod):
         batches = _per_step_batches(inner_batch, self.steps)
         optimizer = make_inner_optimizer(self.optimizer, self.lr, **self.optimizer_settings)
         weights, opt_state = inner_params, optimizer.init(inner_params)
+        first = None
         for batch in batches:
-            _, (step,) = loss_gradients(inner_loss, weights, outer_params, batch, (weights,), create_graph=True)
+            value, (step,) = loss_gradients(inner_loss, weights, outer_params, batch, (weights,), create_graph=True)
+            if first is None:
+                first = (value, P.detached(step))
             weights, opt_state = optimizer.update(step, opt_state, weights)
         outer, (grads,) = loss_gradients(outer_loss, weights, outer_params, outer_batch, (outer_params,))
-        return HypergradientResult(grads, {"gradient_evaluations": self.steps + 1, "outer_loss": outer})
+        return HypergradientResult(grads, {"gradient_evaluations": self.steps + 1, "outer_loss": outer,
+                                           "inner_loss": first[0]}, inner_grads=first[1])
 
 
 def _per_step_batches(inner_batch, steps):
