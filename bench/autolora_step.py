@@ -90,11 +90,11 @@ def build_search_step(path, batch, val_batch, method, device):
     upper = GateSelection(module=model, params=upper_params, data=[val_batch],
                           optimizer=torch.optim.Adam(list(upper_params.values()), lr=cfg.alpha_learning_rate,
                                                      betas=tuple(cfg.alpha_betas)))
-    engine = bilevel.Engine(lower, upper, method=build_method(cfg), config=bilevel.EngineConfig(progress=False))
+    engine = bilevel.Engine(lower, upper, method=build_method(cfg), config=bilevel.EngineConfig(
+        progress=False, reuse_inner_gradient=cfg.reuse_inner_gradient))
 
     def step():
-        engine.inner_step()
-        engine.outer_step()
+        engine.iteration()  # one search step as the search runs it (inner step and outer step)
 
     return step, model, (lower.optimizer, upper.optimizer)
 

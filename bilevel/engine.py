@@ -5,7 +5,7 @@ import contextlib
 import dataclasses
 import math
 import os
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
@@ -73,6 +73,19 @@ class Engine:
         if self._autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self._device_type, dtype=self._autocast_dtype)
+
+    def iteration(self) -> Tuple[_methods.HypergradientResult, float]:
+        """One outer step with its inner steps, in the configured order; returns the result and the last inner loss."""
+        config = self.config
+        if config.reuse_inner_gradient and config.inner_steps >= 1 and not self._scaler.is_enabled():
+            result, inner_loss = self._outer_then_inner_step()
+            for _ in range(config.inner_steps - 1):
+                inner_loss = self.inner_step()
+            return result, inner_loss
+        inner_loss = math.nan
+        for _ in range(config.inner_steps):
+            inner_loss = self.inner_step()
+        return self.outer_step(), inner_loss
 
     def _outer_then_inner_step(self):
         """DARTS' order: hypergradient at the current inner parameters on the next inner batch, outer update, then
@@ -159,15 +172,7 @@ class Engine:
                 self.inner_step()
         bar = _progress(config.outer_steps, self.step, config.progress)
         while self.step < config.outer_steps:
-            if config.reuse_inner_gradient and config.inner_steps >= 1 and not self._scaler.is_enabled():
-                result, inner_loss = self._outer_then_inner_step()
-                for _ in range(config.inner_steps - 1):
-                    inner_loss = self.inner_step()
-            else:
-                inner_loss = math.nan
-                for _ in range(config.inner_steps):
-                    inner_loss = self.inner_step()
-                result = self.outer_step()
+            result, inner_loss = self.iteration()
             self.step += 1
             if self.step % config.log_every == 0 or self.step == config.outer_steps:
                 self.history.log(self.step, **{**_numeric(result.diagnostics), "inner_loss": inner_loss})

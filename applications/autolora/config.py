@@ -131,6 +131,10 @@ class SearchConfig(_JsonConfig):
     warmup_steps: int = field(default=0, metadata={
         "help": "LoRA-only steps before the logits start moving."})
     record_every: int = field(default=10, metadata={"help": "Record the selection weights every N steps."})
+    reuse_inner_gradient: bool = field(default=True, metadata={
+        "help": "DARTS' order: update the logits first, then take the LoRA step with the inner gradient the "
+                "hypergradient already computed (one forward+backward pass fewer per step). False: the original "
+                "code's order, LoRA step first."})
     seed: int = field(default=42, metadata={"help": "Seed of the split, the initialisation and the batch order."})
 
     def __post_init__(self):

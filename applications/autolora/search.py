@@ -183,7 +183,8 @@ def search(model: nn.Module, train_dataset: Sequence, collate: Callable, config:
                             config=bilevel.EngineConfig(outer_steps=steps, inner_steps=1,
                                                         warmup_inner_steps=search_config.warmup_steps,
                                                         log_every=search_config.record_every,
-                                                        seed=search_config.seed, progress=progress))
+                                                        seed=search_config.seed, progress=progress,
+                                                        reuse_inner_gradient=search_config.reuse_inner_gradient))
     model.train()
     start = time.perf_counter()
     engine.run()
