@@ -21,42 +21,13 @@ import sys
 import time
 
 import torch
-from torch.multiprocessing.reductions import StorageWeakRef
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 import bilevel
+from bilevel.peak_memory import peak_memory
 from autolora.config import AutoLoraConfig, SearchConfig
 from autolora.demo import minilm_path
 from autolora.injection import inject_gated_lora, lower_parameters, upper_parameters
 from autolora.search import GateSelection, LoraTraining, build_method
-
-
-class LiveTensorBytes(TorchDispatchMode):
-    """Peak bytes of tensor storages created inside the mode and still alive (CPU-independent of the allocator)."""
-
-    def __init__(self):
-        super().__init__()
-        self.live: dict[int, tuple[StorageWeakRef, int]] = {}
-        self.current = 0
-        self.peak = 0
-
-    def _sweep(self):
-        for key in [k for k, (ref, _) in self.live.items() if ref.expired()]:
-            self.current -= self.live.pop(key)[1]
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        self._sweep()
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor) and t.device.type != "meta":
-                storage = t.untyped_storage()
-                key = storage.data_ptr()
-                if storage.nbytes() and key not in self.live:
-                    self.live[key] = (StorageWeakRef(storage), storage.nbytes())
-                    self.current += storage.nbytes()
-        self.peak = max(self.peak, self.current)
-        return out
 
 
 def state_bytes(model: torch.nn.Module, *optimizers: torch.optim.Optimizer) -> int:
@@ -124,17 +95,8 @@ def sync(device):
 
 
 def peak_step_bytes(step, device) -> int:
-    """Transient bytes of one step (see the module docstring for the method)."""
-    if device.type == "cuda":
-        sync(device)
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        step()
-        sync(device)
-        return torch.cuda.max_memory_allocated() - base
-    with LiveTensorBytes() as mode:
-        step()
-    return mode.peak
+    """Transient bytes of one step (see the module docstring and bilevel.peak_memory)."""
+    return peak_memory(step, device)[0]
 
 
 def main(argv=None) -> int:
