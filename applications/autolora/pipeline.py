@@ -74,6 +74,14 @@ def _update_json(path: str, updates: dict) -> dict:
     return data
 
 
+def _label_scaling(task) -> dict:
+    """Regression models predict standardized labels: record how to map their outputs back."""
+    if not hasattr(task, "label_mean"):
+        return {}
+    return {"label_scaling": {"mean": task.label_mean, "std": task.label_std,
+                              "note": "prediction = model output * std + mean"}}
+
+
 def _is_conv1d(module) -> bool:
     return type(module).__name__ == "Conv1D"
 
@@ -109,7 +117,8 @@ def search(run_config: RunConfig, data_config, config: AutoLoraConfig, search_co
         "method": result.method, "steps": result.steps, "trajectory": result.trajectory.to_dict(),
         "losses": result.losses})
     _update_json(os.path.join(out, "metrics.json"), {
-        "task": {"kind": task.kind, "primary_metric": task.primary_metric, "train_examples": len(task.train)},
+        "task": {"kind": task.kind, "primary_metric": task.primary_metric, "train_examples": len(task.train),
+                 **_label_scaling(task)},
         "search": {"method": result.method, "steps": result.steps, "wall_time_s": round(result.wall_time_s, 2),
                    "trainable_parameters": result.trainable_parameters,
                    "ranks_total": result.ranks.total_rank, "matrices": len(result.ranks.ranks)}})
@@ -156,7 +165,8 @@ def retrain(run_config: RunConfig, data_config, config: AutoLoraConfig, retrain_
         "eval": evaluation,
         "retrain": {"steps": result.steps, "wall_time_s": round(result.wall_time_s, 2),
                     "eval_wall_time_s": round(eval_time, 2), "trainable_parameters": result.trainable_parameters,
-                    "train_examples": len(task.train), "final_loss": result.losses[-1][1] if result.losses else None}})
+                    "train_examples": len(task.train), "final_loss": result.losses[-1][1] if result.losses else None,
+                    **_label_scaling(task)}})
 
 
 def run(run_config: RunConfig, data_config, config: AutoLoraConfig, search_config: SearchConfig,

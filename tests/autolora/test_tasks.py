@@ -115,7 +115,12 @@ def test_text_pairs_are_encoded_together(tmp_path, bert_tokenizer):
     assert task.train[0]["token_type_ids"].count(1) == 4  # "a man sings [SEP]"
     batch = task.collate([task.train[0], task.train[1]])
     assert batch["labels"].dtype == torch.float32
-    assert batch["labels"].tolist() == pytest.approx([3.8, 0.4])
+    # the model trains on labels standardized with the training mean and deviation (here 2.1 and 1.7) ...
+    assert (task.label_mean, task.label_std) == pytest.approx((2.1, 1.7))
+    assert batch["labels"].tolist() == pytest.approx([1.0, -1.0], abs=1e-6)
+    # ... and its outputs are mapped back to the data's units before scoring
+    assert task._outputs(batch["labels"].unsqueeze(-1)) == pytest.approx([3.8, 0.4], abs=1e-6)
+    assert task._references(batch["labels"]) == pytest.approx([3.8, 0.4], abs=1e-6)
 
 
 def test_truncation_to_max_length(tmp_path, bert_tokenizer):
