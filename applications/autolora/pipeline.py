@@ -108,6 +108,7 @@ def search(run_config: RunConfig, data_config, config: AutoLoraConfig, search_co
         "run": run_config.to_dict(), "data": data_config.to_dict(), "autolora": config.to_dict(),
         "search": search_config.to_dict()})
     device = resolve_device(run_config.device)
+    torch.manual_seed(search_config.seed)  # a new task head is initialised at load: same seed, same head
     model = task.load_model(run_config.model_name_or_path).to(device)
     result = search_module.search(model, task.train, task.collate, config, search_config,
                                   progress=run_config.progress)
@@ -144,6 +145,7 @@ def retrain(run_config: RunConfig, data_config, config: AutoLoraConfig, retrain_
         "run": run_config.to_dict(), "data": data_config.to_dict(), "autolora": config.to_dict(),
         "retrain": retrain_config.to_dict()})
     device = resolve_device(run_config.device)
+    torch.manual_seed(retrain_config.seed)  # a new task head is initialised at load: same seed, same head
     model = task.load_model(run_config.model_name_or_path).to(device)
     missing = [n for n in ranks.ranks if n not in dict(model.named_modules())]
     if missing:

@@ -89,3 +89,22 @@ def test_bad_option_names_the_field(tiny_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["search", *common(tiny_dir, tmp_path / "y"), "--threshold", "1.5"])
     assert "threshold" in capsys.readouterr().err
+
+
+def test_search_is_reproducible_when_the_head_is_new(tiny_dir, tmp_path):
+    """A checkpoint without the task head (a bare encoder) gets a new head at load: it must come from the seed,
+    not from whatever the global random state was."""
+    from transformers import AutoTokenizer, BertModel
+
+    encoder_dir = tmp_path / "encoder"
+    BertModel.from_pretrained(tiny_dir / "model").save_pretrained(encoder_dir)
+    AutoTokenizer.from_pretrained(tiny_dir / "model").save_pretrained(encoder_dir)
+    weights = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        out = tmp_path / f"search{global_seed}"
+        args = common(tiny_dir, out)
+        args[args.index("--model-name-or-path") + 1] = str(encoder_dir)
+        assert main(["search", *args, "--search-max-steps", "3", "--search-batch-size", "8"]) == 0
+        weights.append(json.loads((out / "ranks.json").read_text()))
+    assert weights[0] == weights[1]
