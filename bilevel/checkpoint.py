@@ -4,8 +4,9 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, BinaryIO, Dict, Iterator, Optional
 
 import numpy as np
 import torch
@@ -13,18 +14,18 @@ import torch
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
-def save_atomic(state: Dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``state`` with ``torch.save`` to a temporary file beside ``path``, then rename it over ``path``.
-
-    A process killed while writing leaves at most a stray temporary file; ``path`` always holds the last complete
-    checkpoint.
+@contextmanager
+def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A binary file that replaces ``path`` only once the block completes: written to a temporary file beside it,
+    synced, then renamed over it. A process killed while writing leaves at most a stray temporary file, and
+    ``path`` always holds the last complete version.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as file:
-            torch.save(state, file)
+            yield file
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
@@ -32,7 +33,13 @@ def save_atomic(state: Dict[str, Any], path: str | os.PathLike) -> Path:
         if os.path.exists(temporary):
             os.remove(temporary)
         raise
-    return path
+
+
+def save_atomic(state: Dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``state`` with ``torch.save`` through :func:`atomic_open`."""
+    with atomic_open(path) as file:
+        torch.save(state, file)
+    return Path(path)
 
 
 def load(path: str | os.PathLike) -> Optional[Dict[str, Any]]:

@@ -143,8 +143,10 @@ class Engine:
                                return_result=True)
         if "outer_loss" in result.diagnostics:  # a method may return finite grads from a NaN loss (zero mixed term)
             self._check_finite(result.diagnostics["outer_loss"], "outer", "loss")
-        for name, value in result.grads.items():
-            self._check_finite(value, "outer", f"hypergradient of '{name}'")
+        finite = torch.stack([torch.isfinite(v).all() for v in result.grads.values()]).all()
+        if self.config.check_finite and not bool(finite):
+            for name, value in result.grads.items():  # one device sync per step; find the culprit only on failure
+                self._check_finite(value, "outer", f"hypergradient of '{name}'")
         self.method_state = result.state
         for name, parameter in self.outer.stored_params.items():
             parameter.grad = result.grads[name].to(parameter.dtype)

@@ -11,25 +11,15 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 
+from bilevel.checkpoint import atomic_open
+
 __all__ = ["write_json_atomic", "write_bytes_atomic", "atomic_directory", "prepare_output_dir"]
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same directory and a rename."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path) as file:
+        file.write(data)
 
 
 def write_json_atomic(path: str | os.PathLike, obj) -> None:

@@ -82,6 +82,12 @@ def _label_scaling(task) -> dict:
                               "note": "prediction = model output * std + mean"}}
 
 
+def _load_model(run_config: RunConfig, task, seed: int):
+    """The task's model on the run's device; seeded first, since a new task head is initialised at load."""
+    torch.manual_seed(seed)
+    return task.load_model(run_config.model_name_or_path).to(resolve_device(run_config.device))
+
+
 def _is_conv1d(module) -> bool:
     return type(module).__name__ == "Conv1D"
 
@@ -107,9 +113,7 @@ def search(run_config: RunConfig, data_config, config: AutoLoraConfig, search_co
     _update_json(os.path.join(out, "config.json"), {
         "run": run_config.to_dict(), "data": data_config.to_dict(), "autolora": config.to_dict(),
         "search": search_config.to_dict()})
-    device = resolve_device(run_config.device)
-    torch.manual_seed(search_config.seed)  # a new task head is initialised at load: same seed, same head
-    model = task.load_model(run_config.model_name_or_path).to(device)
+    model = _load_model(run_config, task, search_config.seed)
     result = search_module.search(model, task.train, task.collate, config, search_config,
                                   progress=run_config.progress)
     save_ranks(result.ranks, os.path.join(out, "ranks.json"))
@@ -144,9 +148,7 @@ def retrain(run_config: RunConfig, data_config, config: AutoLoraConfig, retrain_
     _update_json(os.path.join(out, "config.json"), {
         "run": run_config.to_dict(), "data": data_config.to_dict(), "autolora": config.to_dict(),
         "retrain": retrain_config.to_dict()})
-    device = resolve_device(run_config.device)
-    torch.manual_seed(retrain_config.seed)  # a new task head is initialised at load: same seed, same head
-    model = task.load_model(run_config.model_name_or_path).to(device)
+    model = _load_model(run_config, task, retrain_config.seed)
     missing = [n for n in ranks.ranks if n not in dict(model.named_modules())]
     if missing:
         raise ValueError(f"retrain: ranks.json names modules the model lacks ({missing[:3]}...); was it written "

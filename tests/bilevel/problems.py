@@ -73,7 +73,22 @@ class Problem:
         return self.outer_grad_x(w, x)
 
 
-class Ridge(Problem):
+class ValidationMSE(Problem):
+    """Outer level shared by the regression fixtures: half the validation MSE, no direct dependence on x."""
+
+    def outer_value(self, w, x, batch):
+        X, y = batch
+        return 0.5 * ((X @ w - y) ** 2).mean()
+
+    def outer_grad_w(self, w, x):
+        X, y = self.outer_batch
+        return X.T @ (X @ w - y) / len(y)
+
+    def outer_grad_x(self, w, x):
+        return torch.zeros_like(x)
+
+
+class Ridge(ValidationMSE):
     """g = 0.5/n ||X w - y||^2 + 0.5 sum_j lambda_j w_j^2 (one lambda per feature, or one shared scalar);
     f = 0.5/m ||X_val w - y_val||^2. Closed form: d F / d lambda_j = -w*_j [A^-1 grad_w f]_j, A = X^T X / n + diag(lambda).
     """
@@ -100,10 +115,6 @@ class Ridge(Problem):
         X, y = batch
         return 0.5 * ((X @ w - y) ** 2).mean() + 0.5 * (self.lambdas(x) * w ** 2).sum()
 
-    def outer_value(self, w, x, batch):
-        X, y = batch
-        return 0.5 * ((X @ w - y) ** 2).mean()
-
     def inner_grad(self, w, x, batch):
         X, y = batch
         return X.T @ (X @ w - y) / len(y) + self.lambdas(x) * w
@@ -114,13 +125,6 @@ class Ridge(Problem):
 
     def mixed(self, w, x, batch):
         return torch.diag(w) if self.per_feature else w[:, None]
-
-    def outer_grad_w(self, w, x):
-        X, y = self.outer_batch
-        return X.T @ (X @ w - y) / len(y)
-
-    def outer_grad_x(self, w, x):
-        return torch.zeros_like(x)
 
     def w_star(self, x):
         X, y = self.inner_batch
@@ -197,7 +201,7 @@ class Quadratic(Problem):
         return torch.linalg.solve(m.T @ m + self.rho * torch.eye(m.shape[1], dtype=DT), rhs)
 
 
-class LogCosh(Problem):
+class LogCosh(ValidationMSE):
     """A coupling that is not bilinear: g = 0.5/n ||X w - y||^2 + sum_j exp(x_j) log cosh(w_j), f = 0.5/m ||X_v w - y_v||^2.
 
     grad_x g = exp(x) log cosh(w) is not polynomial in w, so central differences of it have an O(e^2) error.
@@ -227,10 +231,6 @@ class LogCosh(Problem):
         X, y = batch
         return 0.5 * ((X @ w - y) ** 2).mean() + (torch.exp(x) * self._logcosh(w)).sum()
 
-    def outer_value(self, w, x, batch):
-        X, y = batch
-        return 0.5 * ((X @ w - y) ** 2).mean()
-
     def inner_grad(self, w, x, batch):
         X, y = batch
         return X.T @ (X @ w - y) / len(y) + torch.exp(x) * torch.tanh(w)
@@ -241,13 +241,6 @@ class LogCosh(Problem):
 
     def mixed(self, w, x, batch):
         return torch.diag(torch.exp(x) * torch.tanh(w))
-
-    def outer_grad_w(self, w, x):
-        X, y = self.outer_batch
-        return X.T @ (X @ w - y) / len(y)
-
-    def outer_grad_x(self, w, x):
-        return torch.zeros_like(x)
 
     def w_star(self, x):
         w = torch.zeros(len(x), dtype=DT)
