@@ -14,9 +14,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["AutoLoraConfig", "SearchConfig", "RetrainConfig", "RunConfig", "RANK_SCALINGS", "DEVICES"]
+__all__ = ["AutoLoraConfig", "SearchConfig", "RetrainConfig", "RunConfig", "RANK_SCALINGS", "SELECTION_SPLITS",
+           "DEVICES"]
 
 RANK_SCALINGS = ("peft", "search")
+SELECTION_SPLITS = ("validation", "train")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -118,6 +120,11 @@ class SearchConfig(_JsonConfig):
                 "unless given here."})
     validation_fraction: float = field(default=0.3, metadata={
         "help": "Fraction of the training data held out for the upper level (the selection logits)."})
+    selection_split: str = field(default="validation", metadata={
+        "help": "Data of the selection logits: 'validation' = the held-out part of the training data (AutoLoRA's "
+                "bilevel search); 'train' = the paper's ablation without meta learning: the logits are trained "
+                "jointly with the LoRA weights on the whole training data by their plain gradient (first_order; "
+                "--method is then not used)."})
     learning_rate: float = field(default=3e-4, metadata={"help": "Adam learning rate of the LoRA weights and head."})
     weight_decay: float = field(default=0.0, metadata={"help": "Weight decay of the LoRA weights and head."})
     alpha_learning_rate: float = field(default=3e-4, metadata={"help": "Adam learning rate of the selection logits."})
@@ -142,6 +149,8 @@ class SearchConfig(_JsonConfig):
         _check(isinstance(self.method, str) and self.method, name, "method", "must be a method name")
         _check(isinstance(self.method_kwargs, dict), name, "method_kwargs",
                f"must be a dict (JSON object), got {self.method_kwargs!r}")
+        _check(self.selection_split in SELECTION_SPLITS, name, "selection_split",
+               f"must be one of {list(SELECTION_SPLITS)}, got {self.selection_split!r}")
         _check(0.0 < self.validation_fraction < 1.0, name, "validation_fraction",
                f"must be in (0, 1), got {self.validation_fraction!r}")
         for attr in ("learning_rate", "alpha_learning_rate"):

@@ -24,7 +24,7 @@ from .export import build_peft_model
 from .outputs import atomic_directory
 from .search import DeviceLoader
 
-__all__ = ["RetrainResult", "retrain", "save_adapter", "save_merged"]
+__all__ = ["RetrainResult", "retrain", "fit", "save_adapter", "save_merged"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,18 @@ def retrain(model: nn.Module, peft_config: dict, train_dataset: Sequence, collat
     device = next(model.parameters()).device
     torch.manual_seed(config.seed)
     peft_model = build_peft_model(model, peft_config).to(device)
+    return fit(peft_model, train_dataset, collate, config, progress=progress, log_every=log_every)
+
+
+def fit(model: nn.Module, train_dataset: Sequence, collate: Callable, config: RetrainConfig,
+        progress: bool = True, log_every: int = 10,
+        after_step: Callable[[nn.Module, int], None] | None = None) -> RetrainResult:
+    """Train every parameter of ``model`` that requires grad with AdamW and warmup/linear decay.
+
+    ``after_step(model, step)`` runs after each optimizer step while the gradients are still there (AdaLoRA's
+    ``update_and_allocate`` needs them).
+    """
+    peft_model, device = model, next(model.parameters()).device
     params = [p for p in peft_model.parameters() if p.requires_grad]
     trainable = sum(p.numel() for p in params)
     loader = DeviceLoader(DataLoader(train_dataset, batch_size=config.batch_size, shuffle=True, collate_fn=collate,
@@ -81,6 +93,8 @@ def retrain(model: nn.Module, peft_config: dict, train_dataset: Sequence, collat
             optimizer.step()
             scheduler.step()
             step += 1
+            if after_step is not None:
+                after_step(peft_model, step)
             if step % log_every == 0 or step == steps:
                 losses.append((step, float(loss.detach())))
                 if bar is not None:

@@ -5,6 +5,9 @@ Lower level: the LoRA weights A, B of every gated layer and the task head, train
 the upper split (30%) with the hypergradient of the upper loss through one lower step. Each outer step is one
 real lower step, then one hypergradient and one logit step, as in the original code.
 
+With ``selection_split="train"`` the search is the paper's ablation without meta learning: the logits follow
+the gradient of the training loss, on the same data as the LoRA weights.
+
 The default method is ``finite_difference`` (DARTS' second-order approximation) with its virtual-step learning
 rate equal to the LoRA learning rate; ``identity_implicit`` reproduces the original code's hypergradient, and any
 method registered in `bilevel.methods` can be chosen. Both levels share one model: no copy of the model or its
@@ -149,11 +152,15 @@ def search(model: nn.Module, train_dataset: Sequence, collate: Callable, config:
     logger.info("adapting %d matrices with k=%d: %s", len(names), config.k, ", ".join(names[:4]) +
                 (", ..." if len(names) > 4 else ""))
     lower_params, upper_params = lower_parameters(model), upper_parameters(model)
-    lower_data, upper_data = split_train(train_dataset, search_config.validation_fraction, search_config.seed)
+    if search_config.selection_split == "train":  # ablation: one level, the logits trained on the training loss
+        lower_data = upper_data = train_dataset
+        method = bilevel.methods.get("first_order")
+    else:
+        lower_data, upper_data = split_train(train_dataset, search_config.validation_fraction, search_config.seed)
+        method = build_method(search_config)
     lower_loader = _loader(lower_data, collate, search_config.batch_size, search_config.seed, device)
     upper_loader = _loader(upper_data, collate, search_config.batch_size, search_config.seed + 1, device)
     steps = search_config.max_steps or max(1, math.ceil(search_config.epochs * len(lower_loader)))
-    method = build_method(search_config)
     logger.info("search: %d outer steps, method %s, %d lower / %d upper examples", steps, method.name,
                 len(lower_data), len(upper_data))
 
@@ -191,9 +198,10 @@ def search(model: nn.Module, train_dataset: Sequence, collate: Callable, config:
     wall = time.perf_counter() - start
     model.eval()
     ranks = compute_ranks(model, config.effective_threshold, config.allow_zero_rank)
+    method_name = method.name if search_config.selection_split == "validation" else "joint (no meta learning)"
     logger.info("search done in %.1fs; ranks %s", wall, list(ranks.ranks.values()))
     losses = {key: [(int(s), float(v)) for s, v in engine.history.series(key)]
               for key in ("inner_loss", "outer_loss")}
     return SearchResult(ranks=ranks, trajectory=trajectory, losses=losses, steps=steps, wall_time_s=wall,
                         trainable_parameters={"lower": _count(lower_params), "upper": _count(upper_params)},
-                        method=method.name)
+                        method=method_name)

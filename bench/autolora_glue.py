@@ -1,0 +1,400 @@
+"""AutoLoRA against uniform LoRA, AdaLoRA and full fine-tuning on SST-2, CoLA and STS-B (real data, real MiniLM).
+
+Every method trains its final model for the same number of optimizer steps at the same batch size on the same
+training data, and is scored on the task's evaluation file, which nothing here ever tunes on. Per task and seed:
+
+- ``autolora``: AutoLoRA search (k = 8, default method) then PEFT LoRA retrained with the learned ranks;
+- ``autolora_identity``: the same with the original code's identity-inverse-Hessian hypergradient;
+- ``autolora_nometa``: the paper's ablation without meta learning (selection logits trained jointly with the
+  LoRA weights on the training data), then the same retraining;
+- ``lora_r1`` ... ``lora_r8``: uniform PEFT LoRA on the same targets (query, value), the grid AutoLoRA replaces;
+- ``adalora``: PEFT AdaLoRA with init_r = k and target_r = the mean rank AutoLoRA found for this task and seed;
+- ``full``: full fine-tuning.
+
+Learning rates are chosen first, on the training data alone (``calibration``): LoRA r = 8 and full fine-tuning
+are trained on 85% of the training rows at each learning rate of the setting's grid and scored on the other 15%;
+the best LoRA rate serves every LoRA-family method (grid, AdaLoRA, AutoLoRA search and retraining), the best
+full rate the full fine-tuning. The search's gate learning rate and length are fixed by the setting, never tuned.
+
+Results go to ``<out>/runs.jsonl`` (one line per finished run, so a stopped run keeps what finished and a rerun
+skips it) and ``<out>/table.md`` (rewritten after every run): mean +- std over seeds of the metric, trainable
+parameters, wall time, each difference to AutoLoRA against the seed noise, and the cost of the rank grid against
+one AutoLoRA run.
+
+    python bench/autolora_glue.py --setting smoke      # minutes: the test suite runs this on SST-2
+    python bench/autolora_glue.py --setting cpu        # about 2 hours on 2 CPU cores
+    python bench/autolora_glue.py --setting gpu        # full training sets, longer training, on a GPU
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+from autolora import retrain as retrain_module
+from autolora import search as search_module
+from autolora.config import AutoLoraConfig, RetrainConfig, SearchConfig
+from autolora.data import DataConfig
+from autolora.demo import minilm_path
+from autolora.export import peft_config_dict
+from autolora.ranks import RankResult
+from autolora.tasks import build_task, load_tokenizer
+
+DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
+TASKS = {"sst2": "accuracy", "cola": "matthews_correlation", "stsb": "pearson"}
+TARGETS = ["query", "value"]
+K = 8
+GRID_RANKS = (1, 2, 4, 8)
+METHODS = ("autolora", "autolora_identity", "autolora_nometa", *(f"lora_r{r}" for r in GRID_RANKS), "adalora",
+           "full")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One size of the benchmark: data, budget, grids and seeds."""
+
+    steps: int                     # optimizer steps of every final training run
+    search_steps: int              # AutoLoRA search steps (one LoRA step + one gate step each)
+    batch_size: int
+    max_length: int
+    lora_lrs: tuple[float, ...]    # calibration grid of the LoRA-family learning rate
+    full_lrs: tuple[float, ...]    # calibration grid of full fine-tuning
+    seeds: tuple[int, ...]
+    gate_lr: float = 2e-2          # Adam learning rate of the selection logits (fixed, not tuned)
+    train_limit: int | None = None  # use this many training rows (a fixed random subset); None = all
+    eval_limit: int | None = None   # score on this many evaluation rows; None = all
+    calibration_fraction: float = 0.15
+
+
+SETTINGS = {
+    "smoke": Setting(steps=3, search_steps=2, batch_size=8, max_length=32, lora_lrs=(1e-3, 3e-3), full_lrs=(1e-4,),
+                     seeds=(0,), train_limit=80, eval_limit=40),
+    # Sized for 2 CPU cores: about 2 hours. The search is a quarter of the retraining's steps so that one
+    # AutoLoRA run costs under two LoRA runs (one search step costs about 3.2 LoRA steps).
+    "cpu": Setting(steps=120, search_steps=30, batch_size=16, max_length=64, lora_lrs=(1e-3, 3e-3, 1e-2),
+                   full_lrs=(5e-5, 2e-4), seeds=(0, 1, 2)),
+    "gpu": Setting(steps=2000, search_steps=500, batch_size=32, max_length=128, lora_lrs=(3e-4, 1e-3, 3e-3),
+                   full_lrs=(2e-5, 5e-5, 1e-4), seeds=(0, 1, 2)),
+}
+
+
+# ----------------------------------------------------------------------------------------------- data and models
+def load_task(name: str, setting: Setting, tokenizer, data_dir: str = DATA_DIR):
+    """The tokenized task; ``train_limit``/``eval_limit`` take fixed random subsets."""
+    folder = os.path.join(data_dir, name)
+    task = build_task(DataConfig(train_file=os.path.join(folder, "train.jsonl"),
+                                 validation_file=os.path.join(folder, "validation.jsonl"),
+                                 max_length=setting.max_length), tokenizer)
+    if setting.train_limit is not None:
+        task.train = task.train.shuffle(seed=0).select(range(min(setting.train_limit, len(task.train))))
+    if setting.eval_limit is not None:
+        task.evaluation = task.evaluation.shuffle(seed=0).select(range(min(setting.eval_limit,
+                                                                           len(task.evaluation))))
+    return task
+
+
+def fresh_model(task, seed: int, device):
+    torch.manual_seed(seed)  # the task head is new: seed its initialisation
+    return task.load_model(minilm_path()).to(device)
+
+
+def target_names(model) -> list[str]:
+    return [n for n, _ in model.named_modules() if n.rsplit(".", 1)[-1] in TARGETS]
+
+
+def retrain_config(setting: Setting, lr: float, seed: int) -> RetrainConfig:
+    return RetrainConfig(learning_rate=lr, max_steps=setting.steps, batch_size=setting.batch_size, seed=seed)
+
+
+def train_lora(task, ranks: int | dict[str, int], lr: float, seed: int, setting: Setting, train, device):
+    """PEFT LoRA with ``ranks`` (one rank for every target, or one per module name) trained on ``train``."""
+    model = fresh_model(task, seed, device)
+    if isinstance(ranks, int):
+        ranks = {n: ranks for n in target_names(model)}
+    exported = peft_config_dict(RankResult(ranks=ranks, k=K, threshold=1.0 / K, allow_zero_rank=False),
+                                AutoLoraConfig(k=K, target_modules=TARGETS), modules_to_save=["classifier"],
+                                task_kind=task.kind)
+    return retrain_module.retrain(model, exported, train, task.collate, retrain_config(setting, lr, seed),
+                                  progress=False)
+
+
+def train_full(task, lr: float, seed: int, setting: Setting, train, device):
+    model = fresh_model(task, seed, device)
+    return retrain_module.fit(model, train, task.collate, retrain_config(setting, lr, seed), progress=False)
+
+
+def train_adalora(task, target_r: int, lr: float, seed: int, setting: Setting, device):
+    from peft import AdaLoraConfig, get_peft_model
+
+    model = fresh_model(task, seed, device)
+    steps = setting.steps
+    config = AdaLoraConfig(init_r=K, target_r=target_r, lora_alpha=16, lora_dropout=0.1, target_modules=TARGETS,
+                           modules_to_save=["classifier"], task_type="SEQ_CLS", total_step=steps,
+                           tinit=max(1, steps // 10), tfinal=max(1, steps // 5), deltaT=max(1, steps // 20))
+    peft_model = get_peft_model(model, config).to(device)
+
+    def allocate(m, step):
+        m.base_model.update_and_allocate(step)
+
+    return retrain_module.fit(peft_model, task.train, task.collate, retrain_config(setting, lr, seed),
+                              progress=False, after_step=allocate)
+
+
+def autolora(task, variant: str, lr: float, seed: int, setting: Setting, device):
+    """Search then retrain; returns (retrain result, search result)."""
+    method = {"autolora": {}, "autolora_identity": {"method": "identity_implicit"},
+              "autolora_nometa": {"selection_split": "train"}}[variant]
+    search_config = SearchConfig(max_steps=setting.search_steps, batch_size=setting.batch_size, learning_rate=lr,
+                                 alpha_learning_rate=setting.gate_lr, seed=seed, **method)
+    model = fresh_model(task, seed, device)
+    found = search_module.search(model, task.train, task.collate, AutoLoraConfig(k=K, target_modules=TARGETS),
+                                 search_config, progress=False)
+    return train_lora(task, found.ranks.ranks, lr, seed, setting, task.train, device), found
+
+
+# ---------------------------------------------------------------------------------------------------- calibration
+def calibrate(name: str, task, setting: Setting, out: str, device) -> dict:
+    """Best LoRA and full learning rates on a held-out 15% of the training rows (cached in calibration.json)."""
+    path = os.path.join(out, "calibration.json")
+    cache = json.load(open(path)) if os.path.exists(path) else {}
+    if name in cache:
+        return cache[name]
+    fit_rows, held_out = search_module.split_train(task.train, setting.calibration_fraction, seed=1234)
+    metric, scores = TASKS[name], {"lora_r8": {}, "full": {}}
+    for lr in setting.lora_lrs:
+        result = train_lora(task, 8, lr, 0, setting, fit_rows, device)
+        scores["lora_r8"][lr] = task.evaluate(result.model, held_out)[metric]
+        print(f"  calibration {name} lora_r8 lr={lr:g}: held-out {metric} {scores['lora_r8'][lr]:.4f}", flush=True)
+    for lr in setting.full_lrs:
+        result = train_full(task, lr, 0, setting, fit_rows, device)
+        scores["full"][lr] = task.evaluate(result.model, held_out)[metric]
+        print(f"  calibration {name} full lr={lr:g}: held-out {metric} {scores['full'][lr]:.4f}", flush=True)
+    best = {"lora_lr": max(scores["lora_r8"], key=scores["lora_r8"].get),
+            "full_lr": max(scores["full"], key=scores["full"].get),
+            "held_out_scores": {k: {str(lr): round(v, 4) for lr, v in s.items()} for k, s in scores.items()},
+            "held_out_rows": len(held_out)}
+    cache[name] = best
+    _write_json(path, cache)
+    return best
+
+
+# ------------------------------------------------------------------------------------------------------- one run
+def run_one(name: str, method: str, seed: int, task, lrs: dict, setting: Setting, done: dict, device) -> dict:
+    lora_lr, full_lr = lrs["lora_lr"], lrs["full_lr"]
+    record = {"task": name, "method": method, "seed": seed}
+    search_wall, found = 0.0, None
+    if method.startswith("autolora"):
+        result, found = autolora(task, method, lora_lr, seed, setting, device)
+        search_wall = found.wall_time_s
+        ranks = list(found.ranks.ranks.values())
+        record.update(ranks=ranks, mean_rank=round(sum(ranks) / len(ranks), 3), search_steps=found.steps)
+    elif method.startswith("lora_r"):
+        r = int(method[len("lora_r"):])
+        result = train_lora(task, r, lora_lr, seed, setting, task.train, device)
+    elif method == "adalora":
+        reference = done[(name, "autolora", seed)]
+        target_r = max(1, round(reference["mean_rank"]))
+        result = train_adalora(task, target_r, lora_lr, seed, setting, device)
+        record.update(target_r=target_r)
+    elif method == "full":
+        result = train_full(task, full_lr, seed, setting, task.train, device)
+    else:
+        raise ValueError(f"unknown method {method!r}; valid: {list(METHODS)}")
+    start = time.perf_counter()
+    scores = task.evaluate(result.model, task.evaluation)
+    record.update(metrics={k: round(v, 5) for k, v in scores.items()}, trainable=result.trainable_parameters,
+                  train_wall_s=round(result.wall_time_s, 2), search_wall_s=round(search_wall, 2),
+                  wall_s=round(result.wall_time_s + search_wall, 2), eval_wall_s=round(time.perf_counter() - start, 2),
+                  steps=result.steps, lr=full_lr if method == "full" else lora_lr)
+    return record
+
+
+# ---------------------------------------------------------------------------------------------------------- table
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else float("nan"))
+
+
+def _versus(values: list[float], reference: list[float]) -> str:
+    """Difference of means to AutoLoRA, and whether it exceeds two standard errors of the difference."""
+    if not reference or values is reference:
+        return ""
+    delta = statistics.fmean(values) - statistics.fmean(reference)
+    if len(values) < 2 or len(reference) < 2:
+        return f"{delta:+.3f} (1 seed)"
+    noise = 2 * math.sqrt(statistics.variance(values) / len(values) + statistics.variance(reference) / len(reference))
+    return f"{delta:+.3f} ({'beyond' if abs(delta) > noise else 'within'} noise, 2se {noise:.3f})"
+
+
+def render_table(records: list[dict], setting_name: str, setting: Setting, calibration: dict) -> str:
+    by = {}
+    for r in records:
+        by.setdefault((r["task"], r["method"]), []).append(r)
+    tasks = [t for t in TASKS if any(k[0] == t for k in by)]
+    lines = [f"Setting `{setting_name}`: {setting.steps} steps of batch {setting.batch_size} per final model, "
+             f"AutoLoRA search {setting.search_steps} steps, max length {setting.max_length}, seeds "
+             f"{list(setting.seeds)}.", ""]
+    for name in tasks:
+        metric = TASKS[name]
+        lrs = calibration.get(name, {})
+        lines += [f"**{name}** ({metric}{' and spearmanr' if name == 'stsb' else ''}; LoRA lr "
+                  f"{lrs.get('lora_lr', '?')}, full lr {lrs.get('full_lr', '?')}, chosen on held-out training "
+                  "rows)", "",
+                  f"| method | seeds | {metric} mean +- std | vs autolora | "
+                  f"{'spearmanr | ' if name == 'stsb' else ''}trainable params | wall s (search + train) | ranks |",
+                  "|---|---|---|---|" + ("---|" if name == "stsb" else "") + "---|---|---|"]
+        reference = [r["metrics"][metric] for r in by.get((name, "autolora"), [])]
+        for method in METHODS:
+            runs = by.get((name, method))
+            if not runs:
+                continue
+            values = [r["metrics"][metric] for r in runs]
+            mean, std = _mean_std(values)
+            spear = ""
+            if name == "stsb":
+                s_mean, s_std = _mean_std([r["metrics"]["spearmanr"] for r in runs])
+                spear = f"{s_mean:.3f} +- {s_std:.3f} | "
+            ranks = ""
+            if "mean_rank" in runs[0]:
+                ranks = f"mean {statistics.fmean(r['mean_rank'] for r in runs):.2f}"
+            elif "target_r" in runs[0]:
+                ranks = f"target_r {runs[0]['target_r']}"
+            lines.append(f"| {method} | {len(runs)} | {mean:.3f} +- {std:.3f} | "
+                         f"{_versus(values, reference) if method != 'autolora' else '-'} | {spear}"
+                         f"{statistics.fmean(r['trainable'] for r in runs):,.0f} | "
+                         f"{statistics.fmean(r['wall_s'] for r in runs):.1f} | {ranks} |")
+        lines.append("")
+    lines += _summary(by, tasks)
+    return "\n".join(lines) + "\n"
+
+
+def _summary(by: dict, tasks: list[str]) -> list[str]:
+    """Average over tasks, the targets, and the cost of the grid against one AutoLoRA run."""
+    complete = [m for m in METHODS if all(by.get((t, m)) for t in tasks)]
+    if not tasks or "autolora" not in complete:
+        return []
+    average = {m: statistics.fmean(statistics.fmean(r["metrics"][TASKS[t]] for r in by[(t, m)]) for t in tasks)
+               for m in complete}
+    lines = ["**Summary** (average of the primary metric over " + ", ".join(tasks) + ")", "",
+             "| method | average | trainable params (mean over tasks) |", "|---|---|---|"]
+    for m in complete:
+        params = statistics.fmean(statistics.fmean(r["trainable"] for r in by[(t, m)]) for t in tasks)
+        lines.append(f"| {m} | {average[m]:.3f} | {params:,.0f} |")
+    grid = [m for m in complete if m.startswith("lora_r")]
+    lines.append("")
+    if grid:
+        best = max(grid, key=average.get)
+        wall = {m: statistics.fmean(statistics.fmean(r["wall_s"] for r in by[(t, m)]) for t in tasks)
+                for m in complete}
+        grid_cost = sum(wall[m] for m in grid)
+        lora_cost = statistics.fmean(wall[m] for m in grid)
+        params = {m: statistics.fmean(statistics.fmean(r["trainable"] for r in by[(t, m)]) for t in tasks)
+                  for m in complete}
+        lines += [f"- AutoLoRA average {average['autolora']:.3f} vs best uniform rank {best} {average[best]:.3f}: "
+                  f"{'met' if average['autolora'] >= average[best] else 'NOT met'}.",
+                  f"- AutoLoRA trainable parameters {params['autolora']:,.0f} vs r=8 "
+                  f"{params.get('lora_r8', float('nan')):,.0f}: "
+                  f"{'met' if params['autolora'] <= params.get('lora_r8', math.inf) else 'NOT met'}.",
+                  f"- Cost: one AutoLoRA run (search + retrain) {wall['autolora']:.0f} s = "
+                  f"{wall['autolora'] / lora_cost:.2f} LoRA runs (target <= 2: "
+                  f"{'met' if wall['autolora'] <= 2 * lora_cost else 'NOT met'}); the rank grid "
+                  f"{{{', '.join(m[len('lora_r'):] for m in grid)}}} costs {grid_cost:.0f} s = "
+                  f"{grid_cost / wall['autolora']:.2f} AutoLoRA runs."]
+    return lines
+
+
+# ------------------------------------------------------------------------------------------------------ the driver
+def _write_json(path: str, data) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)
+
+
+def load_records(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def run(setting_name: str, tasks: list[str], out: str, methods: list[str] | None = None,
+        seeds: list[int] | None = None, data_dir: str = DATA_DIR) -> list[dict]:
+    """Run (or continue) the benchmark; returns every finished record."""
+    setting = SETTINGS[setting_name]
+    if seeds:
+        setting = dataclasses.replace(setting, seeds=tuple(seeds))
+    methods = methods or list(METHODS)
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"autolora_glue: no benchmark data at {os.path.abspath(data_dir)}; pass --data-dir")
+    os.makedirs(out, exist_ok=True)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    runs_path = os.path.join(out, "runs.jsonl")
+    records = [r for r in load_records(runs_path) if r.get("setting") == setting_name]
+    done = {(r["task"], r["method"], r["seed"]): r for r in records}
+    tokenizer = load_tokenizer(minilm_path())
+    loaded = {name: load_task(name, setting, tokenizer, data_dir) for name in tasks}
+    calibration = {name: calibrate(name, loaded[name], setting, out, device) for name in tasks}
+    for seed in setting.seeds:           # seed-major: a stopped run has whole tables for its finished seeds
+        for name in tasks:
+            for method in methods:
+                if (name, method, seed) in done:
+                    continue
+                if method == "adalora" and (name, "autolora", seed) not in done:
+                    continue             # AdaLoRA's rank budget comes from this seed's AutoLoRA run
+                start = time.perf_counter()
+                record = {"setting": setting_name,
+                          **run_one(name, method, seed, loaded[name], calibration[name], setting, done, device),
+                          "date": time.strftime("%Y-%m-%d"), "device": str(device)}
+                with open(runs_path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(record) + "\n")
+                done[(name, method, seed)] = record
+                records.append(record)
+                with open(os.path.join(out, "table.md.tmp"), "w", encoding="utf-8") as f:
+                    f.write(render_table(records, setting_name, setting, calibration))
+                os.replace(os.path.join(out, "table.md.tmp"), os.path.join(out, "table.md"))
+                print(f"[{time.strftime('%H:%M:%S')}] {name} {method} seed {seed}: "
+                      f"{TASKS[name]} {record['metrics'][TASKS[name]]:.4f} ({time.perf_counter() - start:.0f} s)",
+                      flush=True)
+    return records
+
+
+def quiet_libraries() -> None:
+    """No per-model load reports, progress bars or warnings from the libraries in the benchmark's log."""
+    import warnings
+
+    import datasets
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    warnings.filterwarnings("ignore")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--setting", choices=sorted(SETTINGS), default="smoke")
+    parser.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS))
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=None)
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="override the setting's seeds")
+    parser.add_argument("--data-dir", default=DATA_DIR, help="folder with sst2/, cola/, stsb/ (../shared/data)")
+    parser.add_argument("--out", default=None, help="results folder (default bench/results/autolora_glue_<setting>)")
+    args = parser.parse_args(argv)
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                   f"autolora_glue_{args.setting}")
+    quiet_libraries()
+    records = run(args.setting, args.tasks, out, args.methods, args.seeds, args.data_dir)
+    print(open(os.path.join(out, "table.md"), encoding="utf-8").read() if records else "no runs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
