@@ -96,7 +96,17 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError, ImportError, OSError) as error:
         print(f"autolora {args.command}: error: {error}", file=sys.stderr)
         return 1
+    finally:
+        _leave_process_group()
     return 0
+
+
+def _leave_process_group() -> None:
+    """Under torchrun: leave the process group the pipeline joined."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -21,6 +21,9 @@ import time
 
 import torch
 
+from bilevel.distributed import world_size
+
+from . import distributed
 from . import report as report_module
 from . import retrain as retrain_module
 from . import search as search_module
@@ -82,10 +85,15 @@ def _label_scaling(task) -> dict:
                               "note": "prediction = model output * std + mean"}}
 
 
+def _device(run_config: RunConfig) -> torch.device:
+    """This process's device; joins the process group when launched by torchrun."""
+    return distributed.setup(resolve_device(run_config.device))
+
+
 def _load_model(run_config: RunConfig, task, seed: int):
     """The task's model on the run's device; seeded first, since a new task head is initialised at load."""
     torch.manual_seed(seed)
-    return task.load_model(run_config.model_name_or_path).to(resolve_device(run_config.device))
+    return task.load_model(run_config.model_name_or_path).to(_device(run_config))
 
 
 def _is_conv1d(module) -> bool:
@@ -104,18 +112,29 @@ def search(run_config: RunConfig, data_config, config: AutoLoraConfig, search_co
            task=None, prepare: bool = True) -> RankResult:
     """Search the ranks; writes ranks.json, peft_config.json, search.json, metrics.json and config.json."""
     out = _output_dir(run_config)
+    _device(run_config)
     if prepare:
-        prepare_output_dir(out, run_config.overwrite)
-    for stale in ("metrics.json", "config.json"):  # a new search starts the run's records afresh
-        if os.path.exists(os.path.join(out, stale)):
-            os.remove(os.path.join(out, stale))
+        distributed.on_main(prepare_output_dir, out, run_config.overwrite)
     task = task or load_task(run_config, data_config)
-    _update_json(os.path.join(out, "config.json"), {
+    distributed.on_main(_start_records, out, {
         "run": run_config.to_dict(), "data": data_config.to_dict(), "autolora": config.to_dict(),
         "search": search_config.to_dict()})
     model = _load_model(run_config, task, search_config.seed)
     result = search_module.search(model, task.train, task.collate, config, search_config,
-                                  progress=run_config.progress)
+                                  progress=run_config.progress and distributed.is_main())
+    distributed.on_main(_write_search, out, result, config, model, task)
+    return result.ranks
+
+
+def _start_records(out: str, settings: dict) -> None:
+    """A new search starts the run's records afresh: config.json with ``settings``, no stale metrics."""
+    for stale in ("metrics.json", "config.json"):
+        if os.path.exists(os.path.join(out, stale)):
+            os.remove(os.path.join(out, stale))
+    _update_json(os.path.join(out, "config.json"), settings)
+
+
+def _write_search(out: str, result, config: AutoLoraConfig, model, task) -> None:
     save_ranks(result.ranks, os.path.join(out, "ranks.json"))
     save_peft_config(_export(result.ranks, config, model, task.kind), os.path.join(out, "peft_config.json"))
     write_json_atomic(os.path.join(out, "search.json"), {
@@ -127,7 +146,6 @@ def search(run_config: RunConfig, data_config, config: AutoLoraConfig, search_co
         "search": {"method": result.method, "steps": result.steps, "wall_time_s": round(result.wall_time_s, 2),
                    "trainable_parameters": result.trainable_parameters,
                    "ranks_total": result.ranks.total_rank, "matrices": len(result.ranks.ranks)}})
-    return result.ranks
 
 
 def retrain(run_config: RunConfig, data_config, config: AutoLoraConfig, retrain_config: RetrainConfig,
@@ -138,14 +156,12 @@ def retrain(run_config: RunConfig, data_config, config: AutoLoraConfig, retrain_
     ``adapter/`` in the output directory is replaced only with ``overwrite``. Returns metrics.json's content.
     """
     out = _output_dir(run_config)
-    if os.path.exists(os.path.join(out, "adapter")) and not run_config.overwrite:
-        raise FileExistsError(f"--output-dir {out!r} already holds adapter/; pass --overwrite or choose another "
-                              "directory")
-    os.makedirs(out, exist_ok=True)
+    _device(run_config)
+    distributed.on_main(_check_retrain_output, out, run_config.overwrite)
     if not isinstance(ranks, RankResult):
         ranks = load_ranks(ranks or os.path.join(out, "ranks.json"))
     task = task or load_task(run_config, data_config)
-    _update_json(os.path.join(out, "config.json"), {
+    distributed.on_main(_update_json, os.path.join(out, "config.json"), {
         "run": run_config.to_dict(), "data": data_config.to_dict(), "autolora": config.to_dict(),
         "retrain": retrain_config.to_dict()})
     model = _load_model(run_config, task, retrain_config.seed)
@@ -154,9 +170,21 @@ def retrain(run_config: RunConfig, data_config, config: AutoLoraConfig, retrain_
         raise ValueError(f"retrain: ranks.json names modules the model lacks ({missing[:3]}...); was it written "
                          "for another model?")
     exported = _export(ranks, config, model, task.kind)
-    save_peft_config(exported, os.path.join(out, "peft_config.json"))
+    distributed.on_main(save_peft_config, exported, os.path.join(out, "peft_config.json"))
     result = retrain_module.retrain(model, exported, task.train, task.collate, retrain_config,
-                                    progress=run_config.progress)
+                                    progress=run_config.progress and distributed.is_main())
+    return distributed.on_main(_finish_retrain, out, result, task, retrain_config)
+
+
+def _check_retrain_output(out: str, overwrite: bool) -> None:
+    if os.path.exists(os.path.join(out, "adapter")) and not overwrite:
+        raise FileExistsError(f"--output-dir {out!r} already holds adapter/; pass --overwrite or choose another "
+                              "directory")
+    os.makedirs(out, exist_ok=True)
+
+
+def _finish_retrain(out: str, result, task, retrain_config: RetrainConfig) -> dict:
+    """Evaluate, save adapter/ (and merged/) and complete metrics.json; rank 0's job under torchrun."""
     start = time.perf_counter()
     evaluation = (task.evaluate(result.model, task.evaluation, batch_size=retrain_config.eval_batch_size)
                   if task.evaluation is not None else {})
@@ -176,14 +204,17 @@ def retrain(run_config: RunConfig, data_config, config: AutoLoraConfig, retrain_
 def run(run_config: RunConfig, data_config, config: AutoLoraConfig, search_config: SearchConfig,
         retrain_config: RetrainConfig) -> dict:
     """Search, retrain, evaluate and write the report. Returns metrics.json's content."""
-    out = prepare_output_dir(_output_dir(run_config), run_config.overwrite)
+    out = _output_dir(run_config)
+    _device(run_config)
+    distributed.on_main(prepare_output_dir, out, run_config.overwrite)
     task = load_task(run_config, data_config)
     start = time.perf_counter()
     ranks = search(run_config, data_config, config, search_config, task=task, prepare=False)
     retrain(run_config, data_config, config, retrain_config, ranks=ranks, task=task)
-    metrics = _update_json(os.path.join(out, "metrics.json"),
-                           {"total_wall_time_s": round(time.perf_counter() - start, 2)})
-    report(out)
+    metrics = distributed.on_main(_update_json, os.path.join(out, "metrics.json"),
+                                  {"total_wall_time_s": round(time.perf_counter() - start, 2),
+                                   "world_size": world_size()})
+    distributed.on_main(report, out)
     return metrics
 
 

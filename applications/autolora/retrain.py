@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+
+from bilevel.distributed import mean_across_ranks
 
 from .config import RetrainConfig
+from .distributed import ShardedLoader, average_gradients
 from .export import build_peft_model
 from .outputs import atomic_directory
-from .search import DeviceLoader
 
 __all__ = ["RetrainResult", "retrain", "fit", "save_adapter", "save_merged"]
 
@@ -71,8 +72,7 @@ def fit(model: nn.Module, train_dataset: Sequence, collate: Callable, config: Re
     peft_model, device = model, next(model.parameters()).device
     params = [p for p in peft_model.parameters() if p.requires_grad]
     trainable = sum(p.numel() for p in params)
-    loader = DeviceLoader(DataLoader(train_dataset, batch_size=config.batch_size, shuffle=True, collate_fn=collate,
-                                     generator=torch.Generator().manual_seed(config.seed)), device)
+    loader = ShardedLoader(train_dataset, collate, config.batch_size, config.seed, device)
     steps = config.max_steps or max(1, math.ceil(config.epochs * len(loader)))
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = _schedule(optimizer, steps, config.warmup_ratio)
@@ -85,22 +85,24 @@ def fit(model: nn.Module, train_dataset: Sequence, collate: Callable, config: Re
     while step < steps:
         for batch in loader:
             loss = peft_model(**batch).loss
-            if not torch.isfinite(loss):
+            logged = mean_across_ranks({"loss": loss.detach()})["loss"]  # every rank stops together
+            if not torch.isfinite(logged):
                 raise FloatingPointError(f"retrain: non-finite loss at step {step + 1}; lower "
                                          f"--retrain-learning-rate (now {config.learning_rate})")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            average_gradients(params)
             optimizer.step()
             scheduler.step()
             step += 1
             if after_step is not None:
                 after_step(peft_model, step)
             if step % log_every == 0 or step == steps:
-                losses.append((step, float(loss.detach())))
+                losses.append((step, float(logged)))
                 if bar is not None:
                     bar.set_postfix(loss=f"{losses[-1][1]:.4g}")
             if step % max(1, steps // 10) == 0 or step == steps:
-                logger.info("retrain step %d/%d: loss %.4g (%.1fs)", step, steps, float(loss.detach()),
+                logger.info("retrain step %d/%d: loss %.4g (%.1fs)", step, steps, float(logged),
                             time.perf_counter() - start)
             if bar is not None:
                 bar.update(1)

@@ -28,16 +28,16 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 import bilevel
 
 from .config import AutoLoraConfig, SearchConfig
+from .distributed import ShardedLoader
 from .injection import gated_layers, inject_gated_lora, lower_parameters, upper_parameters
 from .ranks import RankResult, compute_ranks
 
 __all__ = ["LoraTraining", "GateSelection", "SearchResult", "Trajectory", "search", "split_train",
-           "build_method", "DeviceLoader"]
+           "build_method"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,20 +54,6 @@ class GateSelection(bilevel.Problem):
 
     def loss(self, batch):
         return self.inner(**batch).loss
-
-
-class DeviceLoader:
-    """Iterates a DataLoader and moves each batch (a dict of tensors) to ``device``."""
-
-    def __init__(self, loader: DataLoader, device: torch.device):
-        self.loader, self.device = loader, device
-
-    def __iter__(self):
-        for batch in self.loader:
-            yield {key: value.to(self.device) for key, value in batch.items()}
-
-    def __len__(self) -> int:
-        return len(self.loader)
 
 
 @dataclass
@@ -126,12 +112,6 @@ def build_method(config: SearchConfig) -> bilevel.HypergradientMethod:
     return probe
 
 
-def _loader(dataset, collate: Callable, batch_size: int, seed: int, device: torch.device) -> DeviceLoader:
-    generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=collate, generator=generator)
-    return DeviceLoader(loader, device)
-
-
 def _count(params: dict[str, torch.Tensor]) -> int:
     return sum(p.numel() for p in params.values())
 
@@ -158,8 +138,8 @@ def search(model: nn.Module, train_dataset: Sequence, collate: Callable, config:
     else:
         lower_data, upper_data = split_train(train_dataset, search_config.validation_fraction, search_config.seed)
         method = build_method(search_config)
-    lower_loader = _loader(lower_data, collate, search_config.batch_size, search_config.seed, device)
-    upper_loader = _loader(upper_data, collate, search_config.batch_size, search_config.seed + 1, device)
+    lower_loader = ShardedLoader(lower_data, collate, search_config.batch_size, search_config.seed, device)
+    upper_loader = ShardedLoader(upper_data, collate, search_config.batch_size, search_config.seed + 1, device)
     steps = search_config.max_steps or max(1, math.ceil(search_config.epochs * len(lower_loader)))
     logger.info("search: %d outer steps, method %s, %d lower / %d upper examples", steps, method.name,
                 len(lower_data), len(upper_data))

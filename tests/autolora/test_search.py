@@ -159,3 +159,29 @@ def test_search_on_a_causal_language_model():
     result = search(model, rows, default_collate, AutoLoraConfig(k=2),
                     SearchConfig(max_steps=2, batch_size=4), progress=False)
     assert len(result.ranks.ranks) == 4 and result.trainable_parameters["lower"] == 2 * 2 * (2 * 16 + 16 * 2)
+
+
+def test_ablation_without_meta_learning_trains_the_logits_on_the_training_loss():
+    """selection_split="train": the first logit step is Adam's first step on the plain gradient of the loss on the
+    whole training set (full batch here), not a hypergradient on a held-out split."""
+    model, config, rows = two_paths_problem(n=64)
+    reference, _, _ = two_paths_problem(n=64)
+    logits = upper_parameters(reference)
+    batch = default_collate(rows)
+    loss = reference(**batch).loss
+    grads = torch.autograd.grad(loss, list(logits.values()))
+    lr = 0.05
+    result = search(model, rows, default_collate, config,
+                    SearchConfig(selection_split="train", max_steps=1, batch_size=64, learning_rate=1e-3,
+                                 alpha_learning_rate=lr, record_every=1), progress=False)
+    assert result.method == "joint (no meta learning)"
+    assert result.losses["outer_loss"][0][1] == pytest.approx(float(loss), rel=1e-6)  # the whole training set
+    assert grads[0].abs().min() > 1e-6, "the loss must depend on the useful logits, or the test proves nothing"
+    for (name, after), g in zip(upper_parameters(model).items(), grads):
+        expected = -lr * g / (g.abs() + 1e-8)   # Adam's first step from zero logits
+        torch.testing.assert_close(after.detach(), expected, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_selection_split_is_checked():
+    with pytest.raises(ValueError, match="selection_split"):
+        SearchConfig(selection_split="test")

