@@ -42,6 +42,7 @@ class Problem:
         self.data = data
         self._iterator: Optional[Iterator] = None
         self._epoch_rng: Optional[torch.Tensor] = None  # torch RNG state when the current pass over data began
+        self._data_state: Optional[Dict[str, Any]] = None  # data.state_dict() when the current pass began
         self._drawn = 0  # batches drawn in the current pass
         self._bound: Optional[Params] = None
         self.inner: Optional[Problem] = None
@@ -105,9 +106,10 @@ class Problem:
         return batch
 
     def _start_pass(self) -> None:
-        # A shuffling DataLoader draws its order from torch's generator when iterated; remembering that state
-        # lets a resumed run replay the same order.
+        # A shuffling DataLoader draws its order from torch's generator when iterated, or from its own generator;
+        # remembering that state (the data's state_dict(), if it has one) lets a resumed run replay the same order.
         self._epoch_rng = torch.random.get_rng_state()
+        self._data_state = self.data.state_dict() if hasattr(self.data, "state_dict") else None
         self._iterator = iter(self.data)
         self._drawn = 0
 
@@ -118,7 +120,7 @@ class Problem:
             "buffers": {} if self.module is None else {n: b.clone() for n, b in self.module.named_buffers()},
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "data": {"epoch_rng": self._epoch_rng, "drawn": self._drawn},
+            "data": {"epoch_rng": self._epoch_rng, "drawn": self._drawn, "state": self._data_state},
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -139,6 +141,8 @@ class Problem:
         if position["epoch_rng"] is not None and self.data is not None:
             current = torch.random.get_rng_state()
             torch.random.set_rng_state(position["epoch_rng"])
+            if position.get("state") is not None:
+                self.data.load_state_dict(position["state"])
             self._start_pass()
             for _ in range(position["drawn"]):
                 next(self._iterator)

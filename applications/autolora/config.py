@@ -142,10 +142,15 @@ class SearchConfig(_JsonConfig):
         "help": "DARTS' order: update the logits first, then take the LoRA step with the inner gradient the "
                 "hypergradient already computed (one forward+backward pass fewer per step). False: the original "
                 "code's order, LoRA step first."})
+    checkpoint_every: int = field(default=0, metadata={
+        "help": "Save the full search state to <output-dir>/search_checkpoint/ every N steps (0: never); "
+                "--resume continues from it."})
     seed: int = field(default=42, metadata={"help": "Seed of the split, the initialisation and the batch order."})
 
     def __post_init__(self):
         name = type(self).__name__
+        _check(isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0, name, "checkpoint_every",
+               f"must be an integer >= 0, got {self.checkpoint_every!r}")
         _check(isinstance(self.method, str) and self.method, name, "method", "must be a method name")
         _check(isinstance(self.method_kwargs, dict), name, "method_kwargs",
                f"must be a dict (JSON object), got {self.method_kwargs!r}")
@@ -211,6 +216,9 @@ class RunConfig(_JsonConfig):
         "help": "Hugging Face model name or local directory (required except for `demo` and `report`)."})
     output_dir: str | None = field(default=None, metadata={"help": "Directory for all outputs."})
     overwrite: bool = field(default=False, metadata={"help": "Allow writing into a non-empty --output-dir."})
+    resume: bool = field(default=False, metadata={
+        "help": "Continue a stopped search from <output-dir>/search_checkpoint/ (written with "
+                "--checkpoint-every), with the same settings; the output directory may then hold results."})
     device: str = field(default="auto", metadata={"help": f"Device: one of {list(DEVICES)} (auto = cuda if available)."})
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
 

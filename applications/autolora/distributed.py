@@ -80,8 +80,16 @@ class ShardedLoader:
         self.dataset, self.collate, self.device, self.batch_size = dataset, collate, device, batch_size
         self.rank = rank() if rank_index is None else rank_index
         self.world = world_size() if size is None else size
+        self.generator = torch.Generator().manual_seed(seed)
         self.indices = DataLoader(range(len(dataset)), batch_size=batch_size * self.world, shuffle=True,
-                                  collate_fn=list, generator=torch.Generator().manual_seed(seed))
+                                  collate_fn=list, generator=self.generator)
+
+    def state_dict(self) -> dict:
+        """The shuffling generator's state: taken before a pass, it lets a resumed run replay that pass's order."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
 
     def __iter__(self):
         for indices in self.indices:

@@ -10,7 +10,8 @@
 
 Files written into ``output_dir`` (each atomically): ``config.json`` (every setting), ``ranks.json``,
 ``peft_config.json``, ``search.json`` (trajectories, losses), ``adapter/`` (PEFT adapter), ``merged/`` (with
-``merge=True``), ``metrics.json``, ``report.html`` with ``rank_heatmap.png`` and ``trajectories.png``.
+``merge=True``), ``metrics.json``, ``report.html`` with ``rank_heatmap.png`` and ``trajectories.png``; with
+``SearchConfig.checkpoint_every`` also ``search_checkpoint/``, from which ``RunConfig.resume`` continues.
 """
 from __future__ import annotations
 
@@ -114,14 +115,17 @@ def search(run_config: RunConfig, data_config, config: AutoLoraConfig, search_co
     out = _output_dir(run_config)
     _device(run_config)
     if prepare:
-        distributed.on_main(prepare_output_dir, out, run_config.overwrite)
+        distributed.on_main(prepare_output_dir, out, run_config.overwrite or run_config.resume)
     task = task or load_task(run_config, data_config)
     distributed.on_main(_start_records, out, {
         "run": run_config.to_dict(), "data": data_config.to_dict(), "autolora": config.to_dict(),
         "search": search_config.to_dict()})
     model = _load_model(run_config, task, search_config.seed)
+    checkpoint_dir = (os.path.join(out, "search_checkpoint") if search_config.checkpoint_every or run_config.resume
+                      else None)
     result = search_module.search(model, task.train, task.collate, config, search_config,
-                                  progress=run_config.progress and distributed.is_main())
+                                  progress=run_config.progress and distributed.is_main(),
+                                  checkpoint_dir=checkpoint_dir, resume=run_config.resume)
     distributed.on_main(_write_search, out, result, config, model, task)
     return result.ranks
 
@@ -157,7 +161,7 @@ def retrain(run_config: RunConfig, data_config, config: AutoLoraConfig, retrain_
     """
     out = _output_dir(run_config)
     _device(run_config)
-    distributed.on_main(_check_retrain_output, out, run_config.overwrite)
+    distributed.on_main(_check_retrain_output, out, run_config.overwrite or run_config.resume)
     if not isinstance(ranks, RankResult):
         ranks = load_ranks(ranks or os.path.join(out, "ranks.json"))
     task = task or load_task(run_config, data_config)
@@ -206,7 +210,7 @@ def run(run_config: RunConfig, data_config, config: AutoLoraConfig, search_confi
     """Search, retrain, evaluate and write the report. Returns metrics.json's content."""
     out = _output_dir(run_config)
     _device(run_config)
-    distributed.on_main(prepare_output_dir, out, run_config.overwrite)
+    distributed.on_main(prepare_output_dir, out, run_config.overwrite or run_config.resume)
     task = load_task(run_config, data_config)
     start = time.perf_counter()
     ranks = search(run_config, data_config, config, search_config, task=task, prepare=False)

@@ -20,8 +20,10 @@ state is made per step.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,8 +34,9 @@ from torch import nn
 import bilevel
 
 from .config import AutoLoraConfig, SearchConfig
-from .distributed import ShardedLoader
+from .distributed import ShardedLoader, is_main
 from .injection import gated_layers, inject_gated_lora, lower_parameters, upper_parameters
+from .outputs import write_json_atomic
 from .ranks import RankResult, compute_ranks
 
 __all__ = ["LoraTraining", "GateSelection", "SearchResult", "Trajectory", "search", "split_train",
@@ -112,18 +115,32 @@ def build_method(config: SearchConfig) -> bilevel.HypergradientMethod:
     return probe
 
 
+def _restore_trajectory(trajectory: Trajectory, path: str, step: int) -> None:
+    """The trajectory up to the checkpoint's ``step`` (a kill between the two writes leaves the file ahead)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--resume: the checkpoint has no {path}; start afresh without --resume")
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    keep = [i for i, s in enumerate(saved["steps"]) if s <= step]
+    trajectory.steps = [saved["steps"][i] for i in keep]
+    trajectory.weights = {name: [w[i] for i in keep] for name, w in saved["weights"].items()}
+
+
 def _count(params: dict[str, torch.Tensor]) -> int:
     return sum(p.numel() for p in params.values())
 
 
 def search(model: nn.Module, train_dataset: Sequence, collate: Callable, config: AutoLoraConfig,
            search_config: SearchConfig, progress: bool = True,
-           on_step: Callable[[bilevel.Engine, int], None] | None = None) -> SearchResult:
+           on_step: Callable[[bilevel.Engine, int], None] | None = None, checkpoint_dir: str | None = None,
+           resume: bool = False) -> SearchResult:
     """Inject gated LoRA into ``model`` (in place, unless it already has gated layers), run the bilevel search,
     and threshold the gates.
 
     ``train_dataset`` holds tokenized rows (``collate`` pads a list of them into a batch); it is split into the
-    lower and upper parts by ``search_config.validation_fraction``. The model stays on its device.
+    lower and upper parts by ``search_config.validation_fraction``. The model stays on its device. With
+    ``checkpoint_dir``, the Engine's full state (and the trajectory so far) is saved there every
+    ``search_config.checkpoint_every`` steps and at the end; ``resume`` continues from it, bit for bit on CPU.
     """
     device = next(model.parameters()).device
     torch.manual_seed(search_config.seed)
@@ -156,9 +173,14 @@ def search(model: nn.Module, train_dataset: Sequence, collate: Callable, config:
 
     log_every = max(1, steps // 10)
 
+    trajectory_path = os.path.join(checkpoint_dir, "trajectory.json") if checkpoint_dir else None
+
     def record(engine: bilevel.Engine, step: int) -> None:
         if step % search_config.record_every == 0 or step == steps:
             trajectory.record(step, model)
+        if trajectory_path and is_main() and (step == steps or (search_config.checkpoint_every and
+                                                                step % search_config.checkpoint_every == 0)):
+            write_json_atomic(trajectory_path, trajectory.to_dict())  # the checkpoint of this step follows
         if step % log_every == 0 or step == steps:
             logger.info("search step %d/%d: lower loss %.4g, upper loss %.4g (%.1fs)", step, steps,
                         engine.history.last("inner_loss") or math.nan, engine.history.last("outer_loss") or math.nan,
@@ -171,7 +193,13 @@ def search(model: nn.Module, train_dataset: Sequence, collate: Callable, config:
                                                         warmup_inner_steps=search_config.warmup_steps,
                                                         log_every=search_config.record_every,
                                                         seed=search_config.seed, progress=progress,
-                                                        reuse_inner_gradient=search_config.reuse_inner_gradient))
+                                                        reuse_inner_gradient=search_config.reuse_inner_gradient,
+                                                        checkpoint_dir=checkpoint_dir,
+                                                        checkpoint_every=search_config.checkpoint_every if
+                                                        checkpoint_dir else 0))
+    if resume and checkpoint_dir and engine.load_checkpoint():
+        _restore_trajectory(trajectory, trajectory_path, engine.step)
+        logger.info("search: resumed at step %d/%d from %s", engine.step, steps, checkpoint_dir)
     model.train()
     start = time.perf_counter()
     engine.run()
