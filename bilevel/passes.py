@@ -11,7 +11,6 @@ from typing import Any, Callable, Sequence, Tuple
 
 import torch
 
-from . import params as P
 from .distributed import mean_across_ranks
 from .params import Params
 

@@ -69,8 +69,8 @@ def fit(model: nn.Module, train_dataset: Sequence, collate: Callable, config: Re
     ``after_step(model, step)`` runs after each optimizer step while the gradients are still there (AdaLoRA's
     ``update_and_allocate`` needs them).
     """
-    peft_model, device = model, next(model.parameters()).device
-    params = [p for p in peft_model.parameters() if p.requires_grad]
+    device = next(model.parameters()).device
+    params = [p for p in model.parameters() if p.requires_grad]
     trainable = sum(p.numel() for p in params)
     loader = ShardedLoader(train_dataset, collate, config.batch_size, config.seed, device)
     steps = config.max_steps or max(1, math.ceil(config.epochs * len(loader)))
@@ -80,11 +80,11 @@ def fit(model: nn.Module, train_dataset: Sequence, collate: Callable, config: Re
                 len(train_dataset))
     bar = _progress(steps, progress)
     losses, step = [], 0
-    peft_model.train()
+    model.train()
     start = time.perf_counter()
     while step < steps:
         for batch in loader:
-            loss = peft_model(**batch).loss
+            loss = model(**batch).loss
             logged = mean_across_ranks({"loss": loss.detach()})["loss"]  # every rank stops together
             if not torch.isfinite(logged):
                 raise FloatingPointError(f"retrain: non-finite loss at step {step + 1}; lower "
@@ -96,7 +96,7 @@ def fit(model: nn.Module, train_dataset: Sequence, collate: Callable, config: Re
             scheduler.step()
             step += 1
             if after_step is not None:
-                after_step(peft_model, step)
+                after_step(model, step)
             if step % log_every == 0 or step == steps:
                 losses.append((step, float(logged)))
                 if bar is not None:
@@ -111,9 +111,9 @@ def fit(model: nn.Module, train_dataset: Sequence, collate: Callable, config: Re
     wall = time.perf_counter() - start
     if bar is not None:
         bar.close()
-    peft_model.eval()
+    model.eval()
     logger.info("retraining done in %.1fs", wall)
-    return RetrainResult(model=peft_model, steps=steps, wall_time_s=wall, trainable_parameters=trainable,
+    return RetrainResult(model=model, steps=steps, wall_time_s=wall, trainable_parameters=trainable,
                          losses=losses)
 
 

@@ -7,7 +7,6 @@ Evaluation scores one tag per word with seqeval.
 """
 from __future__ import annotations
 
-import datasets
 
 from autolora.data import DataError
 from autolora.task_base import Task

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import params as P
 from ..passes import loss_gradients
 from ..validation import require_positive
 from .base import HypergradientMethod, HypergradientResult, register

@@ -54,7 +54,7 @@ def test_resume_without_a_checkpoint_starts_afresh(tmp_path):
         assert torch.equal(fresh_logits[name], value), name
 
 
-def test_cli_checkpoints_and_resumes_into_a_directory_that_holds_results(tiny_dir, tmp_path):
+def test_cli_checkpoints_and_resumes_into_a_directory_that_holds_results(tiny_dir, tmp_path):  # noqa: F811
     out = tmp_path / "run"
     args = ["search", *common(tiny_dir, out), "--search-max-steps", "4", "--search-batch-size", "8",
             "--checkpoint-every", "2", "--alpha-learning-rate", "0.1"]

@@ -3,7 +3,6 @@ problem, and the K-step SGD unroll recursion dw_{t+1}/dlambda = (I - eta A) dw_t
 import pytest
 import torch
 
-import bilevel
 from bilevel.methods import ConjugateGradient, Exact, Neumann, Unroll
 from bilevel.solvers import SolverDivergedError
 from problems import DT, Quadratic, Ridge, hypergradient, relative_error
