@@ -81,7 +81,7 @@ SETTINGS = {
     # Sized for 2 CPU cores: about 2 hours. The search is a quarter of the retraining's steps so that one
     # AutoLoRA run costs under two LoRA runs (one search step costs about 3.2 LoRA steps). CoLA is left out: at
     # this budget its calibration found held-out MCC 0.00 (the majority class) for every learning rate of LoRA
-    # and of full fine-tuning, so a CoLA table would compare nothing; the gpu setting trains long enough.
+    # and of full fine-tuning, so a CoLA table would compare nothing (see --find-budget cola); the gpu setting trains 2000 steps.
     "cpu": Setting(steps=120, search_steps=30, batch_size=16, max_length=64, lora_lrs=(1e-3, 3e-3, 1e-2),
                    full_lrs=(5e-5, 2e-4), seeds=(0, 1, 2), tasks=("sst2", "stsb")),
     "gpu": Setting(steps=2000, search_steps=500, batch_size=32, max_length=128, lora_lrs=(3e-4, 1e-3, 3e-3),
@@ -187,6 +187,31 @@ def calibrate(name: str, task, setting: Setting, out: str, device) -> dict:
     cache[name] = best
     _write_json(path, cache)
     return best
+
+
+def find_budget(name: str, task, setting: Setting, out: str, device, multiples=(1, 2, 4, 8)) -> dict:
+    """Held-out score of LoRA r = 8 and full fine-tuning as the budget grows (``multiples`` of the setting's
+    steps), at the learning rates of the grids, on the calibration split of the training rows only.
+
+    For a task whose calibration stays at the trivial score: how long must the baselines train before they learn?
+    Results go to budget.json.
+    """
+    fit_rows, held_out = search_module.split_train(task.train, setting.calibration_fraction, seed=1234)
+    metric, rows = TASKS[name], []
+    for multiple in multiples:
+        longer = dataclasses.replace(setting, steps=setting.steps * multiple)
+        for kind, lrs in (("lora_r8", setting.lora_lrs), ("full", setting.full_lrs)):
+            for lr in lrs:
+                start = time.perf_counter()
+                result = (train_lora(task, 8, lr, 0, longer, fit_rows, device) if kind == "lora_r8"
+                          else train_full(task, lr, 0, longer, fit_rows, device))
+                score = task.evaluate(result.model, held_out)[metric]
+                rows.append({"task": name, "method": kind, "lr": lr, "steps": longer.steps, metric: round(score, 4),
+                             "wall_s": round(time.perf_counter() - start, 1)})
+                print(f"  budget {name} {kind} lr={lr:g} steps={longer.steps}: held-out {metric} {score:.4f}",
+                      flush=True)
+                _write_json(os.path.join(out, "budget.json"), rows)
+    return {"rows": rows}
 
 
 # ------------------------------------------------------------------------------------------------------- one run
@@ -390,11 +415,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=None)
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="override the setting's seeds")
     parser.add_argument("--data-dir", default=DATA_DIR, help="folder with sst2/, cola/, stsb/ (../shared/data)")
+    parser.add_argument("--find-budget", choices=list(TASKS), default=None,
+                        help="instead of the comparison: held-out scores of the baselines as their budget grows")
+    parser.add_argument("--multiples", nargs="+", type=int, default=[1, 2, 4, 8],
+                        help="with --find-budget: budgets as multiples of the setting's steps")
     parser.add_argument("--out", default=None, help="results folder (default bench/results/autolora_glue_<setting>)")
     args = parser.parse_args(argv)
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                    f"autolora_glue_{args.setting}")
     quiet_libraries()
+    if args.find_budget:
+        setting = SETTINGS[args.setting]
+        os.makedirs(out, exist_ok=True)
+        task = load_task(args.find_budget, setting, load_tokenizer(minilm_path()), args.data_dir)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        find_budget(args.find_budget, task, setting, out, device, tuple(args.multiples))
+        return 0
     records = run(args.setting, args.tasks or list(SETTINGS[args.setting].tasks), out, args.methods, args.seeds,
                   args.data_dir)
     print(open(os.path.join(out, "table.md"), encoding="utf-8").read() if records else "no runs")

@@ -43,3 +43,14 @@ def test_difference_to_autolora_is_judged_against_seed_noise():
     assert "beyond" in autolora_glue._versus([0.80, 0.81, 0.80], [0.70, 0.71, 0.70])
     assert "within" in autolora_glue._versus([0.70, 0.80, 0.75], [0.72, 0.78, 0.74])
     assert autolora_glue._versus([0.5], [0.4]) == "+0.100 (1 seed)"
+
+
+def test_find_budget_scores_the_baselines_at_growing_budgets(tmp_path):
+    assert autolora_glue.main(["--setting", "smoke", "--find-budget", "sst2", "--multiples", "1", "2",
+                               "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "budget.json").read_text())
+    setting = autolora_glue.SETTINGS["smoke"]
+    assert [r["steps"] for r in rows] == [setting.steps] * 3 + [2 * setting.steps] * 3
+    assert [(r["method"], r["lr"]) for r in rows[:3]] == [("lora_r8", lr) for lr in setting.lora_lrs] + \
+        [("full", lr) for lr in setting.full_lrs]
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows)
