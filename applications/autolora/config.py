@@ -218,7 +218,8 @@ class RunConfig(_JsonConfig):
     overwrite: bool = field(default=False, metadata={"help": "Allow writing into a non-empty --output-dir."})
     resume: bool = field(default=False, metadata={
         "help": "Continue a stopped search from <output-dir>/search_checkpoint/ (written with "
-                "--checkpoint-every), with the same settings; the output directory may then hold results."})
+                "--checkpoint-every) with the same settings; the output directory may then hold the stopped "
+                "run's files, but a finished adapter/ is still replaced only with --overwrite."})
     device: str = field(default="auto", metadata={"help": f"Device: one of {list(DEVICES)} (auto = cuda if available)."})
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
 

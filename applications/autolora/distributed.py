@@ -4,12 +4,15 @@
 rank holds the whole model; each global batch of ``N * batch_size`` examples (the batch one process would draw
 with ``batch_size * N``) is split into N equal shards, one per rank. Derivatives are averaged across ranks (the
 search through `bilevel`, the retraining after each backward pass), so every rank makes the same update and the
-run equals one process at batch ``N * batch_size``. Rank 0 writes every output and evaluates; the other ranks
+run equals one process at batch ``N * batch_size`` (for sequence-level losses and without dropout: see
+docs/scaling.md). Rank 0 writes every output and evaluates; the other ranks
 wait for it and receive its result, or its error. Outside ``torchrun`` everything here is a single process.
 """
 from __future__ import annotations
 
+import datetime
 import os
+import pickle
 from collections.abc import Callable, Sequence
 
 import torch
@@ -29,7 +32,9 @@ def setup(device: torch.device) -> torch.device:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # Rank 0 evaluates and saves alone while the others wait in a collective: allow that to take hours,
+        # not NCCL's default 10 minutes.
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=6))
     if device.type == "cuda" and is_distributed():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return device
@@ -58,12 +63,21 @@ def on_main(function: Callable, *args, **kwargs):
         try:
             outcome = [("ok", function(*args, **kwargs))]
         except Exception as error:  # handed to the other ranks, then raised here too
-            outcome = [("error", error)]
+            outcome = [("error", _picklable(error))]
     dist.broadcast_object_list(outcome, src=0)
     status, value = outcome[0]
     if status == "error":
         raise value
     return value
+
+
+def _picklable(error: Exception) -> Exception:
+    """``error`` itself if it can travel to the other ranks, else a RuntimeError with its type and message."""
+    try:
+        pickle.dumps(error)
+        return error
+    except Exception:
+        return RuntimeError(f"{type(error).__name__}: {error}")
 
 
 class ShardedLoader:
@@ -111,7 +125,10 @@ def average_gradients(parameters: Sequence[torch.Tensor]) -> None:
     """Replace each parameter's gradient by its mean over the ranks (one collective per dtype)."""
     if not is_distributed():
         return
-    with_grad = [p for p in parameters if p.grad is not None]
-    averaged = mean_across_ranks({str(i): p.grad for i, p in enumerate(with_grad)})
-    for i, p in enumerate(with_grad):
+    parameters = list(parameters)
+    for p in parameters:  # a parameter without a gradient on this rank contributes zeros, so shapes agree
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    averaged = mean_across_ranks({str(i): p.grad for i, p in enumerate(parameters)})
+    for i, p in enumerate(parameters):
         p.grad.copy_(averaged[str(i)])

@@ -161,7 +161,7 @@ def retrain(run_config: RunConfig, data_config, config: AutoLoraConfig, retrain_
     """
     out = _output_dir(run_config)
     _device(run_config)
-    distributed.on_main(_check_retrain_output, out, run_config.overwrite or run_config.resume)
+    distributed.on_main(_check_retrain_output, out, run_config.overwrite)
     if not isinstance(ranks, RankResult):
         ranks = load_ranks(ranks or os.path.join(out, "ranks.json"))
     task = task or load_task(run_config, data_config)
@@ -211,6 +211,7 @@ def run(run_config: RunConfig, data_config, config: AutoLoraConfig, search_confi
     out = _output_dir(run_config)
     _device(run_config)
     distributed.on_main(prepare_output_dir, out, run_config.overwrite or run_config.resume)
+    distributed.on_main(_check_retrain_output, out, run_config.overwrite)  # fail before the search, not after
     task = load_task(run_config, data_config)
     start = time.perf_counter()
     ranks = search(run_config, data_config, config, search_config, task=task, prepare=False)

@@ -34,6 +34,8 @@ from torch import nn
 import bilevel
 
 from .config import AutoLoraConfig, SearchConfig
+from bilevel.distributed import world_size
+
 from .distributed import ShardedLoader, is_main
 from .injection import gated_layers, inject_gated_lora, lower_parameters, upper_parameters
 from .outputs import write_json_atomic
@@ -113,6 +115,32 @@ def build_method(config: SearchConfig) -> bilevel.HypergradientMethod:
         kwargs["lr"] = config.learning_rate
         return bilevel.methods.get(config.method, **kwargs)
     return probe
+
+
+def _check_resume_settings(checkpoint_dir: str, settings: dict) -> None:
+    """Resuming with other settings (seed, batch, steps, method, number of ranks...) would silently differ."""
+    path = os.path.join(checkpoint_dir, "settings.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--resume: no search checkpoint in {checkpoint_dir}; run without --resume "
+                                "(--checkpoint-every N makes one)")
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    old, new = _flatten(saved), _flatten(settings)
+    changed = sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
+    if changed:
+        raise ValueError(f"--resume: the checkpoint in {checkpoint_dir} was written with other settings "
+                         f"({', '.join(changed)}); resume with the same settings or start afresh")
+
+
+def _flatten(settings: dict) -> dict:
+    """{"search": {"seed": 1}, "world_size": 2} -> {"search.seed": 1, "world_size": 2}."""
+    flat = {}
+    for group, value in settings.items():
+        if isinstance(value, dict):
+            flat.update({f"{group}.{key}": v for key, v in value.items()})
+        else:
+            flat[group] = value
+    return flat
 
 
 def _restore_trajectory(trajectory: Trajectory, path: str, step: int) -> None:
@@ -197,9 +225,19 @@ def search(model: nn.Module, train_dataset: Sequence, collate: Callable, config:
                                                         checkpoint_dir=checkpoint_dir,
                                                         checkpoint_every=search_config.checkpoint_every if
                                                         checkpoint_dir else 0))
-    if resume and checkpoint_dir and engine.load_checkpoint():
-        _restore_trajectory(trajectory, trajectory_path, engine.step)
-        logger.info("search: resumed at step %d/%d from %s", engine.step, steps, checkpoint_dir)
+    if checkpoint_dir:
+        settings = json.loads(json.dumps({"autolora": config.to_dict(), "search": search_config.to_dict(),
+                                          "world_size": world_size(), "train_examples": len(train_dataset)}))
+        settings["search"].pop("checkpoint_every")
+        if resume:
+            _check_resume_settings(checkpoint_dir, settings)
+            if not engine.load_checkpoint():
+                raise FileNotFoundError(f"--resume: no search checkpoint in {checkpoint_dir}; run without --resume "
+                                        "(--checkpoint-every N makes one)")
+            _restore_trajectory(trajectory, trajectory_path, engine.step)
+            logger.info("search: resumed at step %d/%d from %s", engine.step, steps, checkpoint_dir)
+        elif is_main():
+            write_json_atomic(os.path.join(checkpoint_dir, "settings.json"), settings)
     model.train()
     start = time.perf_counter()
     engine.run()

@@ -47,11 +47,17 @@ def test_resumed_search_equals_the_uninterrupted_one_bit_for_bit(tmp_path):
     assert resumed.losses == reference.losses
 
 
-def test_resume_without_a_checkpoint_starts_afresh(tmp_path):
-    reference, reference_logits = run()
-    fresh, fresh_logits = run(tmp_path / "empty", resume=True)
-    for name, value in reference_logits.items():
-        assert torch.equal(fresh_logits[name], value), name
+def test_resume_needs_a_checkpoint_and_the_same_settings(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no search checkpoint"):
+        run(tmp_path / "empty", resume=True)
+    with pytest.raises(Stop):
+        run(tmp_path, stop_at=4)
+    SETTINGS["batch_size"] = 6
+    try:
+        with pytest.raises(ValueError, match=r"other settings \(search.batch_size\)"):
+            run(tmp_path, resume=True)
+    finally:
+        SETTINGS["batch_size"] = 4
 
 
 def test_cli_checkpoints_and_resumes_into_a_directory_that_holds_results(tiny_dir, tmp_path):  # noqa: F811
@@ -59,8 +65,21 @@ def test_cli_checkpoints_and_resumes_into_a_directory_that_holds_results(tiny_di
     args = ["search", *common(tiny_dir, out), "--search-max-steps", "4", "--search-batch-size", "8",
             "--checkpoint-every", "2", "--alpha-learning-rate", "0.1"]
     assert main(args) == 0
-    assert sorted(p.name for p in (out / "search_checkpoint").iterdir()) == ["checkpoint.pt", "trajectory.json"]
+    assert sorted(p.name for p in (out / "search_checkpoint").iterdir()) == ["checkpoint.pt", "settings.json",
+                                                                             "trajectory.json"]
     first = json.loads((out / "ranks.json").read_text())
     assert main(args) == 1  # the directory holds results: refused without --resume
     assert main([*args, "--resume"]) == 0  # the finished search resumes at its last step and changes nothing
     assert json.loads((out / "ranks.json").read_text()) == first
+
+
+def test_cli_resume_never_replaces_a_finished_adapter_without_overwrite(tiny_dir, tmp_path, capsys):  # noqa: F811
+    out = tmp_path / "run"
+    args = ["run", *common(tiny_dir, out), "--search-max-steps", "2", "--search-batch-size", "8",
+            "--checkpoint-every", "1", "--retrain-max-steps", "2"]
+    assert main(args) == 0
+    metrics = (out / "metrics.json").read_text()
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 1
+    assert "already holds adapter/; pass --overwrite" in capsys.readouterr().err
+    assert (out / "metrics.json").read_text() == metrics  # refused before anything was touched
