@@ -309,6 +309,11 @@ def render_table(records: list[dict], setting_name: str, setting: Setting, calib
                          f"{statistics.fmean(r['wall_s'] for r in runs):.1f} | {ranks} |")
         lines.append("")
     lines += _summary(by, tasks)
+    lines += ["", "**Every run** (wall seconds; the search is AutoLoRA's rank search)", "",
+              "| task | method | seed | metric | search s | train s | eval s | lr |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['task']} | {r['method']} | {r['seed']} | {r['metrics'][TASKS[r['task']]]:.4f} | "
+              f"{r['search_wall_s']:.1f} | {r['train_wall_s']:.1f} | {r['eval_wall_s']:.1f} | {r['lr']:g} |"
+              for r in records]
     return "\n".join(lines) + "\n"
 
 
@@ -401,13 +406,19 @@ def run(setting_name: str, tasks: list[str], out: str, methods: list[str] | None
                     f.write(json.dumps(record) + "\n")
                 done[(name, method, seed)] = record
                 records.append(record)
-                with open(os.path.join(out, "table.md.tmp"), "w", encoding="utf-8") as f:
-                    f.write(render_table(records, setting_name, setting, calibration))
-                os.replace(os.path.join(out, "table.md.tmp"), os.path.join(out, "table.md"))
+                _write_table(out, render_table(records, setting_name, setting, calibration))
                 print(f"[{time.strftime('%H:%M:%S')}] {name} {method} seed {seed}: "
                       f"{TASKS[name]} {record['metrics'][TASKS[name]]:.4f} ({time.perf_counter() - start:.0f} s)",
                       flush=True)
+    if records:  # also when every run was already done: the table is regenerated from runs.jsonl
+        _write_table(out, render_table(records, setting_name, setting, calibration))
     return records
+
+
+def _write_table(out: str, text: str) -> None:
+    with open(os.path.join(out, "table.md.tmp"), "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(os.path.join(out, "table.md.tmp"), os.path.join(out, "table.md"))
 
 
 def quiet_libraries() -> None:
