@@ -67,6 +67,7 @@ class Setting:
     max_length: int
     lora_lrs: tuple[float, ...]    # calibration grid of the LoRA-family learning rate
     full_lrs: tuple[float, ...]    # calibration grid of full fine-tuning
+    adalora_lrs: tuple[float, ...]  # calibration grid of AdaLoRA (E starts at 0: it needs larger rates)
     seeds: tuple[int, ...]
     tasks: tuple[str, ...] = tuple(TASKS)
     gate_lr: float = 2e-2          # Adam learning rate of the selection logits (fixed, not tuned)
@@ -77,15 +78,16 @@ class Setting:
 
 SETTINGS = {
     "smoke": Setting(steps=3, search_steps=2, batch_size=8, max_length=32, lora_lrs=(1e-3, 3e-3), full_lrs=(1e-4,),
-                     seeds=(0,), train_limit=80, eval_limit=40),
+                     adalora_lrs=(1e-2,), seeds=(0,), train_limit=80, eval_limit=40),
     # Sized for 2 CPU cores: about 2 hours. The search is a quarter of the retraining's steps so that one
     # AutoLoRA run costs under two LoRA runs (one search step costs about 3.2 LoRA steps). CoLA is left out: at
     # this budget its calibration found held-out MCC 0.00 (the majority class) for every learning rate of LoRA
-    # and of full fine-tuning, so a CoLA table would compare nothing (see --find-budget cola); the gpu setting trains 2000 steps.
+    # and of full fine-tuning, so a CoLA table would compare nothing (see --find-budget cola); the gpu setting
+    # trains 2000 steps.
     "cpu": Setting(steps=120, search_steps=30, batch_size=16, max_length=64, lora_lrs=(1e-3, 3e-3, 1e-2),
-                   full_lrs=(5e-5, 2e-4), seeds=(0, 1, 2), tasks=("sst2", "stsb")),
+                   full_lrs=(5e-5, 2e-4), adalora_lrs=(3e-3, 1e-2, 3e-2), seeds=(0, 1, 2), tasks=("sst2", "stsb")),
     "gpu": Setting(steps=2000, search_steps=500, batch_size=32, max_length=128, lora_lrs=(3e-4, 1e-3, 3e-3),
-                   full_lrs=(2e-5, 5e-5, 1e-4), seeds=(0, 1, 2)),
+                   full_lrs=(2e-5, 5e-5, 1e-4), adalora_lrs=(1e-3, 3e-3, 1e-2), seeds=(0, 1, 2)),
 }
 
 
@@ -134,7 +136,7 @@ def train_full(task, lr: float, seed: int, setting: Setting, train, device):
     return retrain_module.fit(model, train, task.collate, retrain_config(setting, lr, seed), progress=False)
 
 
-def train_adalora(task, target_r: int, lr: float, seed: int, setting: Setting, device):
+def train_adalora(task, target_r: int, lr: float, seed: int, setting: Setting, device, train=None):
     from peft import AdaLoraConfig, get_peft_model
 
     model = fresh_model(task, seed, device)
@@ -147,8 +149,8 @@ def train_adalora(task, target_r: int, lr: float, seed: int, setting: Setting, d
     def allocate(m, step):
         m.base_model.update_and_allocate(step)
 
-    return retrain_module.fit(peft_model, task.train, task.collate, retrain_config(setting, lr, seed),
-                              progress=False, after_step=allocate)
+    return retrain_module.fit(peft_model, task.train if train is None else train, task.collate,
+                              retrain_config(setting, lr, seed), progress=False, after_step=allocate)
 
 
 def autolora(task, variant: str, lr: float, seed: int, setting: Setting, device):
@@ -164,29 +166,40 @@ def autolora(task, variant: str, lr: float, seed: int, setting: Setting, device)
 
 
 # ---------------------------------------------------------------------------------------------------- calibration
+# calibrated family -> (the learning-rate key of calibration.json, the Setting field with its grid)
+FAMILIES = {"lora_r8": ("lora_lr", "lora_lrs"), "full": ("full_lr", "full_lrs"), "adalora": ("adalora_lr", "adalora_lrs")}
+
+
+def train_family(family: str, task, lr: float, seed: int, setting: Setting, train, device):
+    """One calibration run: LoRA r = 8, full fine-tuning, or AdaLoRA from k down to k/2 on average."""
+    if family == "lora_r8":
+        return train_lora(task, 8, lr, seed, setting, train, device)
+    if family == "full":
+        return train_full(task, lr, seed, setting, train, device)
+    return train_adalora(task, K // 2, lr, seed, setting, device, train)
+
+
 def calibrate(name: str, task, setting: Setting, out: str, device) -> dict:
-    """Best LoRA and full learning rates on a held-out 15% of the training rows (cached in calibration.json)."""
+    """Best learning rate of each family (LoRA, full fine-tuning, AdaLoRA, whose parametrization trains at its
+    own rates) on a held-out 15% of the training rows; cached per family in calibration.json."""
     path = os.path.join(out, "calibration.json")
     cache = json.load(open(path)) if os.path.exists(path) else {}
-    if name in cache:
-        return cache[name]
+    entry = cache.setdefault(name, {"held_out_scores": {}})
     fit_rows, held_out = search_module.split_train(task.train, setting.calibration_fraction, seed=1234)
-    metric, scores = TASKS[name], {"lora_r8": {}, "full": {}}
-    for lr in setting.lora_lrs:
-        result = train_lora(task, 8, lr, 0, setting, fit_rows, device)
-        scores["lora_r8"][lr] = task.evaluate(result.model, held_out)[metric]
-        print(f"  calibration {name} lora_r8 lr={lr:g}: held-out {metric} {scores['lora_r8'][lr]:.4f}", flush=True)
-    for lr in setting.full_lrs:
-        result = train_full(task, lr, 0, setting, fit_rows, device)
-        scores["full"][lr] = task.evaluate(result.model, held_out)[metric]
-        print(f"  calibration {name} full lr={lr:g}: held-out {metric} {scores['full'][lr]:.4f}", flush=True)
-    best = {"lora_lr": max(scores["lora_r8"], key=scores["lora_r8"].get),
-            "full_lr": max(scores["full"], key=scores["full"].get),
-            "held_out_scores": {k: {str(lr): round(v, 4) for lr, v in s.items()} for k, s in scores.items()},
-            "held_out_rows": len(held_out)}
-    cache[name] = best
-    _write_json(path, cache)
-    return best
+    metric = TASKS[name]
+    for family, (key, grid) in FAMILIES.items():
+        if key in entry:
+            continue
+        scores = {}
+        for lr in getattr(setting, grid):
+            result = train_family(family, task, lr, 0, setting, fit_rows, device)
+            scores[lr] = task.evaluate(result.model, held_out)[metric]
+            print(f"  calibration {name} {family} lr={lr:g}: held-out {metric} {scores[lr]:.4f}", flush=True)
+        entry[key] = max(scores, key=scores.get)
+        entry["held_out_scores"][family] = {str(lr): round(v, 4) for lr, v in scores.items()}
+        entry["held_out_rows"] = len(held_out)
+        _write_json(path, cache)
+    return entry
 
 
 def find_budget(name: str, task, setting: Setting, out: str, device, multiples=(1, 2, 4, 8)) -> dict:
@@ -216,7 +229,7 @@ def find_budget(name: str, task, setting: Setting, out: str, device, multiples=(
 
 # ------------------------------------------------------------------------------------------------------- one run
 def run_one(name: str, method: str, seed: int, task, lrs: dict, setting: Setting, done: dict, device) -> dict:
-    lora_lr, full_lr = lrs["lora_lr"], lrs["full_lr"]
+    lora_lr, full_lr, adalora_lr = lrs["lora_lr"], lrs["full_lr"], lrs["adalora_lr"]
     record = {"task": name, "method": method, "seed": seed}
     search_wall, found = 0.0, None
     if method.startswith("autolora"):
@@ -230,7 +243,7 @@ def run_one(name: str, method: str, seed: int, task, lrs: dict, setting: Setting
     elif method == "adalora":
         reference = done[(name, "autolora", seed)]
         target_r = max(1, round(reference["mean_rank"]))
-        result = train_adalora(task, target_r, lora_lr, seed, setting, device)
+        result = train_adalora(task, target_r, adalora_lr, seed, setting, device)
         record.update(target_r=target_r)
     elif method == "full":
         result = train_full(task, full_lr, seed, setting, task.train, device)
@@ -241,7 +254,7 @@ def run_one(name: str, method: str, seed: int, task, lrs: dict, setting: Setting
     record.update(metrics={k: round(v, 5) for k, v in scores.items()}, trainable=result.trainable_parameters,
                   train_wall_s=round(result.wall_time_s, 2), search_wall_s=round(search_wall, 2),
                   wall_s=round(result.wall_time_s + search_wall, 2), eval_wall_s=round(time.perf_counter() - start, 2),
-                  steps=result.steps, lr=full_lr if method == "full" else lora_lr)
+                  steps=result.steps, lr={"full": full_lr, "adalora": adalora_lr}.get(method, lora_lr))
     return record
 
 
@@ -281,8 +294,8 @@ def render_table(records: list[dict], setting_name: str, setting: Setting, calib
         metric = TASKS[name]
         lrs = calibration.get(name, {})
         lines += [f"**{name}** ({metric}{' and spearmanr' if name == 'stsb' else ''}; LoRA lr "
-                  f"{lrs.get('lora_lr', '?')}, full lr {lrs.get('full_lr', '?')}, chosen on held-out training "
-                  "rows)", "",
+                  f"{lrs.get('lora_lr', '?')}, AdaLoRA lr {lrs.get('adalora_lr', '?')}, full lr "
+                  f"{lrs.get('full_lr', '?')}, each chosen on held-out training rows)", "",
                   f"| method | seeds | {metric} mean +- std | vs autolora (paired, 95% CI) | "
                   f"{'spearmanr | ' if name == 'stsb' else ''}trainable params | wall s (search + train) | ranks |",
                   "|---|---|---|---|" + ("---|" if name == "stsb" else "") + "---|---|---|"]

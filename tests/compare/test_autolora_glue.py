@@ -30,6 +30,8 @@ def test_smoke_setting_runs_every_method_and_resumes(tmp_path):
     assert by_method["autolora"]["search_wall_s"] > 0 and by_method["lora_r1"]["search_wall_s"] == 0
     calibration = json.loads((tmp_path / "calibration.json").read_text())["sst2"]
     assert calibration["lora_lr"] in setting.lora_lrs and calibration["full_lr"] in setting.full_lrs
+    assert calibration["adalora_lr"] in setting.adalora_lrs and by_method["adalora"]["lr"] == calibration["adalora_lr"]
+    assert set(calibration["held_out_scores"]) == {"lora_r8", "full", "adalora"}
     table = (tmp_path / "table.md").read_text()
     for method in autolora_glue.METHODS:
         assert f"| {method} |" in table
