@@ -154,6 +154,12 @@ def _restore_trajectory(trajectory: Trajectory, path: str, step: int) -> None:
     trajectory.weights = {name: [w[i] for i in keep] for name, w in saved["weights"].items()}
 
 
+def _last(engine: bilevel.Engine, key: str) -> str:
+    """The last recorded value of ``key`` (recorded every ``record_every`` steps), or "-" before the first."""
+    value = engine.history.last(key)
+    return "-" if value is None else f"{value:.4g}"
+
+
 def _count(params: dict[str, torch.Tensor]) -> int:
     return sum(p.numel() for p in params.values())
 
@@ -210,9 +216,8 @@ def search(model: nn.Module, train_dataset: Sequence, collate: Callable, config:
                                                                 step % search_config.checkpoint_every == 0)):
             write_json_atomic(trajectory_path, trajectory.to_dict())  # the checkpoint of this step follows
         if step % log_every == 0 or step == steps:
-            logger.info("search step %d/%d: lower loss %.4g, upper loss %.4g (%.1fs)", step, steps,
-                        engine.history.last("inner_loss") or math.nan, engine.history.last("outer_loss") or math.nan,
-                        time.perf_counter() - start)
+            logger.info("search step %d/%d: lower loss %s, upper loss %s (last recorded; %.1fs)", step, steps,
+                        _last(engine, "inner_loss"), _last(engine, "outer_loss"), time.perf_counter() - start)
         if on_step is not None:
             on_step(engine, step)
 
