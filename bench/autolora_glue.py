@@ -45,6 +45,7 @@ from autolora.config import AutoLoraConfig, RetrainConfig, SearchConfig
 from autolora.data import DataConfig
 from autolora.demo import minilm_path
 from autolora.export import peft_config_dict
+from autolora.outputs import write_bytes_atomic, write_json_atomic
 from autolora.ranks import RankResult
 from autolora.tasks import build_task, load_tokenizer
 
@@ -167,7 +168,8 @@ def autolora(task, variant: str, lr: float, seed: int, setting: Setting, device)
 
 # ---------------------------------------------------------------------------------------------------- calibration
 # calibrated family -> (the learning-rate key of calibration.json, the Setting field with its grid)
-FAMILIES = {"lora_r8": ("lora_lr", "lora_lrs"), "full": ("full_lr", "full_lrs"), "adalora": ("adalora_lr", "adalora_lrs")}
+FAMILIES = {"lora_r8": ("lora_lr", "lora_lrs"), "full": ("full_lr", "full_lrs"),
+            "adalora": ("adalora_lr", "adalora_lrs")}
 
 
 def train_family(family: str, task, lr: float, seed: int, setting: Setting, train, device):
@@ -183,7 +185,10 @@ def calibrate(name: str, task, setting: Setting, out: str, device) -> dict:
     """Best learning rate of each family (LoRA, full fine-tuning, AdaLoRA, whose parametrization trains at its
     own rates) on a held-out 15% of the training rows; cached per family in calibration.json."""
     path = os.path.join(out, "calibration.json")
-    cache = json.load(open(path)) if os.path.exists(path) else {}
+    cache = {}
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            cache = json.load(f)
     entry = cache.setdefault(name, {"held_out_scores": {}})
     fit_rows, held_out = search_module.split_train(task.train, setting.calibration_fraction, seed=1234)
     metric = TASKS[name]
@@ -198,11 +203,11 @@ def calibrate(name: str, task, setting: Setting, out: str, device) -> dict:
         entry[key] = max(scores, key=scores.get)
         entry["held_out_scores"][family] = {str(lr): round(v, 4) for lr, v in scores.items()}
         entry["held_out_rows"] = len(held_out)
-        _write_json(path, cache)
+        write_json_atomic(path, cache)
     return entry
 
 
-def find_budget(name: str, task, setting: Setting, out: str, device, multiples=(1, 2, 4, 8)) -> dict:
+def find_budget(name: str, task, setting: Setting, out: str, device, multiples=(1, 2, 4, 8)) -> list[dict]:
     """Held-out score of LoRA r = 8 and full fine-tuning as the budget grows (``multiples`` of the setting's
     steps), at the learning rates of the grids, on the calibration split of the training rows only.
 
@@ -213,18 +218,17 @@ def find_budget(name: str, task, setting: Setting, out: str, device, multiples=(
     metric, rows = TASKS[name], []
     for multiple in multiples:
         longer = dataclasses.replace(setting, steps=setting.steps * multiple)
-        for kind, lrs in (("lora_r8", setting.lora_lrs), ("full", setting.full_lrs)):
-            for lr in lrs:
+        for kind in ("lora_r8", "full"):
+            for lr in getattr(setting, FAMILIES[kind][1]):
                 start = time.perf_counter()
-                result = (train_lora(task, 8, lr, 0, longer, fit_rows, device) if kind == "lora_r8"
-                          else train_full(task, lr, 0, longer, fit_rows, device))
+                result = train_family(kind, task, lr, 0, longer, fit_rows, device)
                 score = task.evaluate(result.model, held_out)[metric]
                 rows.append({"task": name, "method": kind, "lr": lr, "steps": longer.steps, metric: round(score, 4),
                              "wall_s": round(time.perf_counter() - start, 1)})
                 print(f"  budget {name} {kind} lr={lr:g} steps={longer.steps}: held-out {metric} {score:.4f}",
                       flush=True)
-                _write_json(os.path.join(out, "budget.json"), rows)
-    return {"rows": rows}
+                write_json_atomic(os.path.join(out, "budget.json"), rows)
+    return rows
 
 
 # ------------------------------------------------------------------------------------------------------- one run
@@ -315,19 +319,32 @@ def render_table(records: list[dict], setting_name: str, setting: Setting, calib
                 ranks = f"mean {statistics.fmean(r['mean_rank'] for r in runs):.2f}"
             elif "target_r" in runs[0]:
                 ranks = f"target_r {runs[0]['target_r']}"
-            lines.append(f"| {method} | {len(runs)} | {mean:.3f} +- {std:.3f} | "
-                         f"{_versus({r['seed']: r['metrics'][metric] for r in runs}, reference) if method != 'autolora' else '-'} | "
-                         f"{spear}"
+            versus = "-" if method == "autolora" else _versus({r["seed"]: r["metrics"][metric] for r in runs},
+                                                              reference)
+            lines.append(f"| {method} | {len(runs)} | {mean:.3f} +- {std:.3f} | {versus} | {spear}"
                          f"{statistics.fmean(r['trainable'] for r in runs):,.0f} | "
                          f"{statistics.fmean(r['wall_s'] for r in runs):.1f} | {ranks} |")
         lines.append("")
     lines += _summary(by, tasks)
     lines += ["", "**Every run** (wall seconds; the search is AutoLoRA's rank search)", "",
-              "| task | method | seed | metric | search s | train s | eval s | lr |", "|---|---|---|---|---|---|---|---|"]
+              "| task | method | seed | metric | search s | train s | eval s | lr |",
+              "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['task']} | {r['method']} | {r['seed']} | {r['metrics'][TASKS[r['task']]]:.4f} | "
               f"{r['search_wall_s']:.1f} | {r['train_wall_s']:.1f} | {r['eval_wall_s']:.1f} | {r['lr']:g} |"
               for r in records]
     return "\n".join(lines) + "\n"
+
+
+def _task_mean(by: dict, tasks: list[str], method: str, value) -> float:
+    """Mean over ``tasks`` of the per-task mean over seeds of ``value(record, task)``."""
+    return statistics.fmean(statistics.fmean(value(r, t) for r in by[(t, method)]) for t in tasks)
+
+
+def _seed_averages(by: dict, tasks: list[str], method: str) -> dict[int, float]:
+    """Seed -> the primary metric averaged over ``tasks``, for the seeds that ran on every task."""
+    per_task = [{r["seed"]: r["metrics"][TASKS[t]] for r in by[(t, method)]} for t in tasks]
+    seeds = set.intersection(*(set(scores) for scores in per_task))
+    return {seed: statistics.fmean(scores[seed] for scores in per_task) for seed in seeds}
 
 
 def _summary(by: dict, tasks: list[str]) -> list[str]:
@@ -335,32 +352,23 @@ def _summary(by: dict, tasks: list[str]) -> list[str]:
     complete = [m for m in METHODS if all(by.get((t, m)) for t in tasks)]
     if not tasks or "autolora" not in complete:
         return []
-    average = {m: statistics.fmean(statistics.fmean(r["metrics"][TASKS[t]] for r in by[(t, m)]) for t in tasks)
-               for m in complete}
+    average = {m: _task_mean(by, tasks, m, lambda r, t: r["metrics"][TASKS[t]]) for m in complete}
+    params = {m: _task_mean(by, tasks, m, lambda r, t: r["trainable"]) for m in complete}
+    wall = {m: _task_mean(by, tasks, m, lambda r, t: r["wall_s"]) for m in complete}
     lines = ["**Summary** (average of the primary metric over " + ", ".join(tasks) + ")", "",
              "| method | average | trainable params (mean over tasks) |", "|---|---|---|"]
-    for m in complete:
-        params = statistics.fmean(statistics.fmean(r["trainable"] for r in by[(t, m)]) for t in tasks)
-        lines.append(f"| {m} | {average[m]:.3f} | {params:,.0f} |")
+    lines += [f"| {m} | {average[m]:.3f} | {params[m]:,.0f} |" for m in complete]
     grid = [m for m in complete if m.startswith("lora_r")]
     lines.append("")
     if grid:
         best = max(grid, key=average.get)
-        wall = {m: statistics.fmean(statistics.fmean(r["wall_s"] for r in by[(t, m)]) for t in tasks)
-                for m in complete}
         grid_cost = sum(wall[m] for m in grid)
         lora_cost = statistics.fmean(wall[m] for m in grid)
-        params = {m: statistics.fmean(statistics.fmean(r["trainable"] for r in by[(t, m)]) for t in tasks)
-                  for m in complete}
-        per_seed = {m: {seed: statistics.fmean(r["metrics"][TASKS[t]] for t in tasks for r in by[(t, m)]
-                                               if r["seed"] == seed)
-                        for seed in {r["seed"] for r in by[(tasks[0], m)]}
-                        if all(any(r["seed"] == seed for r in by[(t, m)]) for t in tasks)}
-                    for m in (best, "autolora")}
+        versus = _versus(_seed_averages(by, tasks, best), _seed_averages(by, tasks, "autolora"))
         lines += [f"- AutoLoRA average {average['autolora']:.3f} vs the best uniform rank {best} "
                   f"{average[best]:.3f} (an oracle: the rank picked on these evaluation results, which favours the "
                   f"grid): {'met' if average['autolora'] >= average[best] else 'NOT met'}; {best} - autolora "
-                  f"= {_versus(per_seed[best], per_seed['autolora'])}.",
+                  f"= {versus}.",
                   f"- AutoLoRA trainable parameters {params['autolora']:,.0f} vs r=8 "
                   f"{params.get('lora_r8', float('nan')):,.0f}: "
                   f"{'met' if params['autolora'] <= params.get('lora_r8', math.inf) else 'NOT met'}.",
@@ -373,13 +381,6 @@ def _summary(by: dict, tasks: list[str]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------------ the driver
-def _write_json(path: str, data) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
-
-
 def load_records(path: str) -> list[dict]:
     if not os.path.exists(path):
         return []
@@ -404,6 +405,11 @@ def run(setting_name: str, tasks: list[str], out: str, methods: list[str] | None
     tokenizer = load_tokenizer(minilm_path())
     loaded = {name: load_task(name, setting, tokenizer, data_dir) for name in tasks}
     calibration = {name: calibrate(name, loaded[name], setting, out, device) for name in tasks}
+
+    def write_table() -> None:
+        text = render_table(records, setting_name, setting, calibration)
+        write_bytes_atomic(os.path.join(out, "table.md"), text.encode("utf-8"))
+
     for seed in setting.seeds:           # seed-major: a stopped run has whole tables for its finished seeds
         for name in tasks:
             for method in methods:
@@ -419,19 +425,13 @@ def run(setting_name: str, tasks: list[str], out: str, methods: list[str] | None
                     f.write(json.dumps(record) + "\n")
                 done[(name, method, seed)] = record
                 records.append(record)
-                _write_table(out, render_table(records, setting_name, setting, calibration))
+                write_table()
                 print(f"[{time.strftime('%H:%M:%S')}] {name} {method} seed {seed}: "
                       f"{TASKS[name]} {record['metrics'][TASKS[name]]:.4f} ({time.perf_counter() - start:.0f} s)",
                       flush=True)
     if records:  # also when every run was already done: the table is regenerated from runs.jsonl
-        _write_table(out, render_table(records, setting_name, setting, calibration))
+        write_table()
     return records
-
-
-def _write_table(out: str, text: str) -> None:
-    with open(os.path.join(out, "table.md.tmp"), "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(os.path.join(out, "table.md.tmp"), os.path.join(out, "table.md"))
 
 
 def quiet_libraries() -> None:

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from bilevel.distributed import is_distributed, mean_across_ranks, rank, world_size
 
-__all__ = ["setup", "is_main", "on_main", "barrier", "ShardedLoader", "average_gradients"]
+__all__ = ["setup", "is_main", "on_main", "ShardedLoader", "average_gradients"]
 
 
 def setup(device: torch.device) -> torch.device:
@@ -43,11 +43,6 @@ def setup(device: torch.device) -> torch.device:
 def is_main() -> bool:
     """True on the rank that writes outputs (rank 0, or the only process)."""
     return rank() == 0
-
-
-def barrier() -> None:
-    if is_distributed():
-        dist.barrier()
 
 
 def on_main(function: Callable, *args, **kwargs):

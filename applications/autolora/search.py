@@ -32,10 +32,9 @@ import torch
 from torch import nn
 
 import bilevel
-
-from .config import AutoLoraConfig, SearchConfig
 from bilevel.distributed import world_size
 
+from .config import AutoLoraConfig, SearchConfig
 from .distributed import ShardedLoader, is_main
 from .injection import gated_layers, inject_gated_lora, lower_parameters, upper_parameters
 from .outputs import write_json_atomic
@@ -185,10 +184,11 @@ def search(model: nn.Module, train_dataset: Sequence, collate: Callable, config:
     lower_params, upper_params = lower_parameters(model), upper_parameters(model)
     if search_config.selection_split == "train":  # ablation: one level, the logits trained on the training loss
         lower_data = upper_data = train_dataset
-        method = bilevel.methods.get("first_order")
+        method, method_name = bilevel.methods.get("first_order"), "joint (no meta learning)"
     else:
         lower_data, upper_data = split_train(train_dataset, search_config.validation_fraction, search_config.seed)
         method = build_method(search_config)
+        method_name = method.name
     lower_loader = ShardedLoader(lower_data, collate, search_config.batch_size, search_config.seed, device)
     upper_loader = ShardedLoader(upper_data, collate, search_config.batch_size, search_config.seed + 1, device)
     steps = search_config.max_steps or max(1, math.ceil(search_config.epochs * len(lower_loader)))
@@ -249,7 +249,6 @@ def search(model: nn.Module, train_dataset: Sequence, collate: Callable, config:
     wall = time.perf_counter() - start
     model.eval()
     ranks = compute_ranks(model, config.effective_threshold, config.allow_zero_rank)
-    method_name = method.name if search_config.selection_split == "validation" else "joint (no meta learning)"
     logger.info("search done in %.1fs; ranks %s", wall, list(ranks.ranks.values()))
     losses = {key: [(int(s), float(v)) for s, v in engine.history.series(key)]
               for key in ("inner_loss", "outer_loss")}
