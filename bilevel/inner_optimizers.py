@@ -24,7 +24,7 @@ class SGD:
         return None
 
     def update(self, grads: Params, state: Any, params: Params) -> Tuple[Params, Any]:
-        return {k: params[k] - self.lr * grads[k] for k in params}, state
+        return {k: torch.add(params[k], grads[k], alpha=-self.lr) for k in params}, state  # as torch.optim.SGD
 
 
 @dataclass
@@ -45,7 +45,7 @@ class Momentum:
         else:
             buffers = {k: self.momentum * state[k] + (1 - self.dampening) * grads[k] for k in grads}
         direction = {k: grads[k] + self.momentum * buffers[k] for k in grads} if self.nesterov else buffers
-        return {k: params[k] - self.lr * direction[k] for k in params}, buffers
+        return {k: torch.add(params[k], direction[k], alpha=-self.lr) for k in params}, buffers
 
 
 def _differentiable_sqrt(x: torch.Tensor) -> torch.Tensor:

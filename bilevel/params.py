@@ -17,7 +17,9 @@ def detached(params: Params, requires_grad: bool = False) -> Params:
 
 
 def add(a: Params, b: Params, scale: float | torch.Tensor = 1.0) -> Params:
-    """``a + scale * b``."""
+    """``a + scale * b``; a number ``scale`` is fused into one kernel (no temporary for ``scale * b``)."""
+    if isinstance(scale, (int, float)):
+        return {k: torch.add(a[k], b[k], alpha=scale) for k in a}
     return {k: a[k] + scale * b[k] for k in a}
 
 
