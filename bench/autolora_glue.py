@@ -46,7 +46,7 @@ from autolora.data import DataConfig
 from autolora.demo import minilm_path
 from autolora.export import peft_config_dict
 from autolora.outputs import write_bytes_atomic, write_json_atomic
-from autolora.ranks import RankResult
+from autolora.ranks import RankResult, select_components
 from autolora.tasks import build_task, load_tokenizer
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
@@ -156,14 +156,22 @@ def train_adalora(task, target_r: int, lr: float, seed: int, setting: Setting, d
 
 def autolora(task, variant: str, lr: float, seed: int, setting: Setting, device):
     """Search then retrain; returns (retrain result, search result)."""
+    found = run_search(task, variant, lr, seed, setting, setting.search_steps, device)
+    return train_lora(task, found.ranks.ranks, lr, seed, setting, task.train, device), found
+
+
+def run_search(task, variant: str, lr: float, seed: int, setting: Setting, steps: int, device,
+               record_every: int = 10):
+    """AutoLoRA's rank search alone (``variant`` as in METHODS), on the training file, for ``steps`` steps; the
+    gate weights are recorded every ``record_every`` steps."""
     method = {"autolora": {}, "autolora_identity": {"method": "identity_implicit"},
               "autolora_nometa": {"selection_split": "train"}}[variant]
-    search_config = SearchConfig(max_steps=setting.search_steps, batch_size=setting.batch_size, learning_rate=lr,
-                                 alpha_learning_rate=setting.gate_lr, seed=seed, **method)
+    search_config = SearchConfig(max_steps=steps, batch_size=setting.batch_size, learning_rate=lr,
+                                 alpha_learning_rate=setting.gate_lr, seed=seed, record_every=record_every,
+                                 **method)
     model = fresh_model(task, seed, device)
-    found = search_module.search(model, task.train, task.collate, AutoLoraConfig(k=K, target_modules=TARGETS),
-                                 search_config, progress=False)
-    return train_lora(task, found.ranks.ranks, lr, seed, setting, task.train, device), found
+    return search_module.search(model, task.train, task.collate, AutoLoraConfig(k=K, target_modules=TARGETS),
+                                search_config, progress=False)
 
 
 # ---------------------------------------------------------------------------------------------------- calibration
@@ -231,6 +239,33 @@ def find_budget(name: str, task, setting: Setting, out: str, device, multiples=(
     return rows
 
 
+def search_probe(name: str, task, setting: Setting, lr: float, out: str, device, steps: int,
+                 seeds=(0, 1, 2), record_every: int = 10) -> list[dict]:
+    """How long must the search run before its ranks stop being seed noise? One search of ``steps`` steps per
+    seed (training file only); at every recorded step, the ranks the gates would give then, their agreement
+    across seeds (`_agreement`) and the gates' spread. The search has no schedule, so the state at step s of a
+    long search is the final state of an s-step search. Results go to search_probe.json."""
+    weights = {}                                   # seed -> matrix -> [gate weights at each recorded step]
+    for seed in seeds:
+        start = time.perf_counter()
+        found = run_search(task, "autolora", lr, seed, setting, steps, device, record_every)
+        weights[seed], recorded = found.trajectory.weights, found.trajectory.steps
+        print(f"  probe {name} seed {seed}: {steps} search steps in {time.perf_counter() - start:.0f} s", flush=True)
+    rows = []
+    for index, step in enumerate(recorded):
+        per_seed = [[len(select_components(w[index], 1.0 / K)) for w in weights[seed].values()] for seed in seeds]
+        spread = statistics.fmean(max(abs(v * K - 1) for v in w[index]) for seed in seeds
+                                  for w in weights[seed].values())
+        agreement = _agreement(per_seed)
+        rows.append({"task": name, "step": step, "mean_rank": round(statistics.fmean(map(statistics.fmean, per_seed)), 3),
+                     "seed_agreement": None if agreement is None else round(agreement, 3),
+                     "gate_spread": round(spread, 4), "ranks": per_seed})
+        print(f"  probe {name} step {step}: mean rank {rows[-1]['mean_rank']}, seed agreement "
+              f"{rows[-1]['seed_agreement']}, gate spread max|k a - 1| {spread:.3f}", flush=True)
+    write_json_atomic(os.path.join(out, "search_probe.json"), rows)
+    return rows
+
+
 # ------------------------------------------------------------------------------------------------------- one run
 def run_one(name: str, method: str, seed: int, task, lrs: dict, setting: Setting, done: dict, device) -> dict:
     lora_lr, full_lr, adalora_lr = lrs["lora_lr"], lrs["full_lr"], lrs["adalora_lr"]
@@ -287,6 +322,19 @@ def _versus(values: dict[int, float], reference: dict[int, float]) -> str:
     return f"{delta:+.3f} +- {half:.3f} ({'beyond' if abs(delta) > half else 'within'} noise)"
 
 
+def _agreement(rank_vectors: list[list[int]]) -> float | None:
+    """Mean Pearson correlation, over pairs of seeds, of the per-matrix ranks: near 0 when the searched rank
+    pattern is seed noise, near 1 when every seed finds the same pattern (None without two varying vectors)."""
+    vectors = [v for v in rank_vectors if len(set(v)) > 1]
+    pairs = [statistics.correlation(a, b) for i, a in enumerate(vectors) for b in vectors[i + 1:]]
+    return statistics.fmean(pairs) if pairs else None
+
+
+def _rank_agreement(runs: list[dict]) -> str:
+    agreement = _agreement([r["ranks"] for r in runs])
+    return "" if agreement is None else f", seed agreement {agreement:+.2f}"
+
+
 def render_table(records: list[dict], setting_name: str, setting: Setting, calibration: dict) -> str:
     by = {}
     for r in records:
@@ -317,7 +365,7 @@ def render_table(records: list[dict], setting_name: str, setting: Setting, calib
                 spear = f"{s_mean:.3f} +- {s_std:.3f} | "
             ranks = ""
             if "mean_rank" in runs[0]:
-                ranks = f"mean {statistics.fmean(r['mean_rank'] for r in runs):.2f}"
+                ranks = f"mean {statistics.fmean(r['mean_rank'] for r in runs):.2f}{_rank_agreement(runs)}"
             elif "target_r" in runs[0]:
                 ranks = f"target_r {runs[0]['target_r']}"
             versus = "-" if method == "autolora" else _versus({r["seed"]: r["metrics"][metric] for r in runs},
@@ -460,6 +508,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="instead of the comparison: held-out scores of the baselines as their budget grows")
     parser.add_argument("--multiples", nargs="+", type=int, default=[1, 2, 4, 8],
                         help="with --find-budget: budgets as multiples of the setting's steps")
+    parser.add_argument("--search-probe", choices=list(TASKS), default=None,
+                        help="instead of the comparison: how the searched ranks' agreement across seeds grows with "
+                             "the search length (training file only)")
+    parser.add_argument("--probe-steps", type=int, default=240, help="with --search-probe: search steps per seed")
     parser.add_argument("--out", default=None, help="results folder (default bench/results/autolora_glue_<setting>)")
     args = parser.parse_args(argv)
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
@@ -471,6 +523,15 @@ def main(argv: list[str] | None = None) -> int:
         task = load_task(args.find_budget, setting, load_tokenizer(minilm_path()), args.data_dir)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         find_budget(args.find_budget, task, setting, out, device, tuple(args.multiples))
+        return 0
+    if args.search_probe:
+        setting = SETTINGS[args.setting]
+        os.makedirs(out, exist_ok=True)
+        task = load_task(args.search_probe, setting, load_tokenizer(minilm_path()), args.data_dir)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        lr = calibrate(args.search_probe, task, setting, out, device)["lora_lr"]
+        search_probe(args.search_probe, task, setting, lr, out, device, args.probe_steps,
+                     tuple(args.seeds or setting.seeds))
         return 0
     records = run(args.setting, args.tasks or list(SETTINGS[args.setting].tasks), out, args.methods, args.seeds,
                   args.data_dir)

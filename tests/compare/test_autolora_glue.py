@@ -59,3 +59,29 @@ def test_find_budget_scores_the_baselines_at_growing_budgets(tmp_path):
     assert [(r["method"], r["lr"]) for r in rows[:3]] == [("lora_r8", lr) for lr in setting.lora_lrs] + \
         [("full", lr) for lr in setting.full_lrs]
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows)
+
+
+def test_seed_agreement_is_the_mean_pairwise_correlation_of_ranks():
+    import numpy as np
+
+    vectors = [[1, 2, 3, 4], [2, 2, 3, 5], [4, 3, 2, 1], [3, 3, 3, 3]]  # the constant vector has no correlation
+    pairs = [np.corrcoef(a, b)[0, 1] for i, a in enumerate(vectors[:3]) for b in vectors[i + 1:3]]
+    assert autolora_glue._agreement(vectors) == pytest.approx(np.mean(pairs), abs=1e-12)
+    assert autolora_glue._agreement([[1, 2], [3, 3]]) is None
+
+
+def test_search_probe_reads_shorter_searches_off_one_long_search(tmp_path):
+    setting = autolora_glue.SETTINGS["smoke"]
+    tokenizer = autolora_glue.load_tokenizer(autolora_glue.minilm_path())
+    task = autolora_glue.load_task("sst2", setting, tokenizer)
+    rows = autolora_glue.search_probe("sst2", task, setting, 3e-3, str(tmp_path), "cpu", steps=4, seeds=(0, 1),
+                                      record_every=2)
+    assert [r["step"] for r in rows] == [0, 2, 4]
+    assert json.loads((tmp_path / "search_probe.json").read_text()) == rows
+    # uniform gates at step 0: every component sits on the 1/k threshold and is kept
+    assert rows[0]["mean_rank"] == autolora_glue.K and rows[0]["gate_spread"] == 0
+    # the search has no schedule: step 2 of the 4-step search is where a 2-step search ends
+    for index, seed in enumerate((0, 1)):
+        short = autolora_glue.run_search(task, "autolora", 3e-3, seed, setting, 2, "cpu")
+        assert rows[1]["ranks"][index] == list(short.ranks.ranks.values())
+    assert rows[2]["gate_spread"] > 0
