@@ -77,6 +77,21 @@ class Setting:
     calibration_fraction: float = 0.15
 
 
+def definition(setting: Setting) -> dict:
+    """The fields of ``setting`` that shape a run or a calibration (not the seeds or tasks it covers), as JSON."""
+    fields = {k: v for k, v in dataclasses.asdict(setting).items() if k not in ("seeds", "tasks")}
+    return json.loads(json.dumps(fields))
+
+
+def _check_definition(found: dict | None, setting: Setting, where: str) -> None:
+    """Refuse to mix results of another definition of the setting into this one."""
+    expected = definition(setting)
+    if found != expected:
+        changed = sorted(k for k in expected if (found or {}).get(k) != expected[k])
+        raise ValueError(f"{where} holds results of another definition of this setting (changed: "
+                         f"{', '.join(changed)}); pass --out for a fresh results folder")
+
+
 SETTINGS = {
     "smoke": Setting(steps=3, search_steps=2, batch_size=8, max_length=32, lora_lrs=(1e-3, 3e-3), full_lrs=(1e-4,),
                      adalora_lrs=(1e-2,), seeds=(0,), train_limit=80, eval_limit=40),
@@ -197,7 +212,9 @@ def calibrate(name: str, task, setting: Setting, out: str, device) -> dict:
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             cache = json.load(f)
-    entry = cache.setdefault(name, {"held_out_scores": {}})
+    if name in cache:
+        _check_definition(cache[name].get("setting"), setting, f"{path} ({name})")
+    entry = cache.setdefault(name, {"setting": definition(setting), "held_out_scores": {}})
     fit_rows, held_out = search_module.split_train(task.train, setting.calibration_fraction, seed=1234)
     metric = TASKS[name]
     for family, (key, grid) in FAMILIES.items():
@@ -244,7 +261,7 @@ def search_probe(name: str, task, setting: Setting, lr: float, out: str, device,
     """How long must the search run before its ranks stop being seed noise? One search of ``steps`` steps per
     seed (training file only); at every recorded step, the ranks the gates would give then, their agreement
     across seeds (`_agreement`) and the gates' spread. The search has no schedule, so the state at step s of a
-    long search is the final state of an s-step search. Results go to search_probe.json."""
+    long search is the final state of an s-step search. Results go to search_probe_<task>.json."""
     weights = {}                                   # seed -> matrix -> [gate weights at each recorded step]
     for seed in seeds:
         start = time.perf_counter()
@@ -262,7 +279,7 @@ def search_probe(name: str, task, setting: Setting, lr: float, out: str, device,
                      "gate_spread": round(spread, 4), "ranks": per_seed})
         print(f"  probe {name} step {step}: mean rank {rows[-1]['mean_rank']}, seed agreement "
               f"{rows[-1]['seed_agreement']}, gate spread max|k a - 1| {spread:.3f}", flush=True)
-    write_json_atomic(os.path.join(out, "search_probe.json"), rows)
+    write_json_atomic(os.path.join(out, f"search_probe_{name}.json"), rows)
     return rows
 
 
@@ -450,6 +467,8 @@ def run(setting_name: str, tasks: list[str], out: str, methods: list[str] | None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     runs_path = os.path.join(out, "runs.jsonl")
     records = [r for r in load_records(runs_path) if r.get("setting") == setting_name]
+    for record in records:
+        _check_definition(record.get("definition"), setting, runs_path)
     done = {(r["task"], r["method"], r["seed"]): r for r in records}
     tokenizer = load_tokenizer(minilm_path())
     loaded = {name: load_task(name, setting, tokenizer, data_dir) for name in tasks}
@@ -467,7 +486,7 @@ def run(setting_name: str, tasks: list[str], out: str, methods: list[str] | None
                 if method == "adalora" and (name, "autolora", seed) not in done:
                     continue             # AdaLoRA's rank budget comes from this seed's AutoLoRA run
                 start = time.perf_counter()
-                record = {"setting": setting_name,
+                record = {"setting": setting_name, "definition": definition(setting),
                           **run_one(name, method, seed, loaded[name], calibration[name], setting, done, device),
                           "date": time.strftime("%Y-%m-%d"), "device": str(device)}
                 with open(runs_path, "a", encoding="utf-8") as f:

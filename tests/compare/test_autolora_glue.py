@@ -1,5 +1,6 @@
 """bench/autolora_glue.py in its smoke setting on real SST-2 rows: every method runs, the table and the records are
 written as runs finish, and a rerun continues instead of starting over."""
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ pytestmark = pytest.mark.skipif(not Path(autolora_glue.DATA_DIR, "sst2").is_dir(
                                 reason="../shared/data is absent")
 
 
-def test_smoke_setting_runs_every_method_and_resumes(tmp_path):
+def test_smoke_setting_runs_every_method_and_resumes(tmp_path, monkeypatch):
     assert autolora_glue.main(["--setting", "smoke", "--tasks", "sst2", "--out", str(tmp_path)]) == 0
     records = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
     assert [r["method"] for r in records] == list(autolora_glue.METHODS)
@@ -39,6 +40,12 @@ def test_smoke_setting_runs_every_method_and_resumes(tmp_path):
     # a rerun finds every run done and adds nothing
     assert autolora_glue.main(["--setting", "smoke", "--tasks", "sst2", "--out", str(tmp_path)]) == 0
     assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == len(records)
+    # a changed definition of the setting is not mixed into the old results: one clear error, nothing written
+    before = (tmp_path / "runs.jsonl").read_text()
+    monkeypatch.setitem(autolora_glue.SETTINGS, "smoke", dataclasses.replace(setting, steps=setting.steps + 1))
+    with pytest.raises(ValueError, match=r"another definition of this setting \(changed: steps\)"):
+        autolora_glue.main(["--setting", "smoke", "--tasks", "sst2", "--out", str(tmp_path)])
+    assert (tmp_path / "runs.jsonl").read_text() == before
 
 
 def test_difference_to_autolora_is_judged_against_seed_noise():
@@ -77,7 +84,7 @@ def test_search_probe_reads_shorter_searches_off_one_long_search(tmp_path):
     rows = autolora_glue.search_probe("sst2", task, setting, 3e-3, str(tmp_path), "cpu", steps=4, seeds=(0, 1),
                                       record_every=2)
     assert [r["step"] for r in rows] == [0, 2, 4]
-    assert json.loads((tmp_path / "search_probe.json").read_text()) == rows
+    assert json.loads((tmp_path / "search_probe_sst2.json").read_text()) == rows
     # uniform gates at step 0: every component sits on the 1/k threshold and is kept
     assert rows[0]["mean_rank"] == autolora_glue.K and rows[0]["gate_spread"] == 0
     # the search has no schedule: step 2 of the 4-step search is where a 2-step search ends
