@@ -274,7 +274,8 @@ def search_probe(name: str, task, setting: Setting, lr: float, out: str, device,
         spread = statistics.fmean(max(abs(v * K - 1) for v in w[index]) for seed in seeds
                                   for w in weights[seed].values())
         agreement = _agreement(per_seed)
-        rows.append({"task": name, "step": step, "mean_rank": round(statistics.fmean(map(statistics.fmean, per_seed)), 3),
+        mean_rank = statistics.fmean(map(statistics.fmean, per_seed))
+        rows.append({"task": name, "step": step, "mean_rank": round(mean_rank, 3),
                      "seed_agreement": None if agreement is None else round(agreement, 3),
                      "gate_spread": round(spread, 4), "ranks": per_seed})
         print(f"  probe {name} step {step}: mean rank {rows[-1]['mean_rank']}, seed agreement "
