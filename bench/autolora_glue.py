@@ -293,8 +293,7 @@ def run_one(name: str, method: str, seed: int, task, lrs: dict, setting: Setting
         result, found = autolora(task, method, lora_lr, seed, setting, device)
         search_wall = found.wall_time_s
         ranks = list(found.ranks.ranks.values())
-        record.update(ranks=ranks, mean_rank=round(sum(ranks) / len(ranks), 3), search_steps=found.steps,
-                      gate_weights=[[round(w, 5) for w in weights] for weights in found.ranks.weights.values()])
+        record.update(ranks=ranks, mean_rank=round(sum(ranks) / len(ranks), 3), search_steps=found.steps)
     elif method.startswith("lora_r"):
         r = int(method[len("lora_r"):])
         result = train_lora(task, r, lora_lr, seed, setting, task.train, device)

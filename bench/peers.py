@@ -26,6 +26,7 @@ peak bytes of tensor storages created during the call and alive together; CUDA: 
 A second part checks betty's defects with numbers (``--no-claims`` skips it).
 
     python bench/peers.py [--workloads mlp autolora] [--repeats 7] [--size small|base] [--threads 2] [--device cuda]
+    python bench/peers.py --profile --repeats 30   # backward calls per hypergradient, autograd engine's share
 """
 from __future__ import annotations
 
@@ -414,6 +415,37 @@ def betty_claims(work: Workload, reference) -> None:
                                              is not None else "") + f"; ours {ours}")
 
 
+def autograd_profile(call: Callable, repeats: int) -> tuple:
+    """(backward calls per hypergradient, share of the wall time inside PyTorch's autograd engine), by cProfile."""
+    import cProfile
+    import pstats
+
+    call()
+    profile = cProfile.Profile()
+    start = time.perf_counter()
+    profile.enable()
+    for _ in range(repeats):
+        call()
+    profile.disable()
+    wall = time.perf_counter() - start
+    engine = [(stats[1], stats[3]) for key, stats in pstats.Stats(profile).stats.items()
+              if key[2] == "<method 'run_backward' of 'torch._C._EngineBase' objects>"]
+    calls, seconds = engine[0] if engine else (0, 0.0)
+    return calls / repeats, seconds / wall
+
+
+def print_profile(work: Workload, have: Dict[str, bool], k_cg: int, k_neumann: int, steps: int, repeats: int):
+    """Where the time goes: the same autograd passes for the same mathematics, and how much of it is the engine."""
+    print(f"\n### {work.name}: autograd passes per hypergradient (cProfile, {repeats} calls)\n")
+    print("| group | library | backward calls | share of time in the autograd engine |\n|---|---|---|---|")
+    for name, contenders in groups(work, have, k_cg, k_neumann, steps):
+        for library, call, reset in contenders:
+            calls, share = autograd_profile(call, repeats)
+            if reset is not None:
+                reset()
+            print(f"| {name} | {library} | {calls:.0f} | {share:.2f} |")
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workloads", nargs="+", default=["mlp", "autolora"], choices=["mlp", "autolora"])
@@ -422,6 +454,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (memory: max_memory_allocated on cuda)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--no-claims", action="store_true", help="skip the betty defect checks")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead of timing: backward calls per hypergradient and the autograd engine's share")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -447,6 +481,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         else:
             reference, reference_name = None, "none (inner not at an optimum); rel. diff to ours is the check"
             k_cg, k_neumann, steps = 5, 5, 1
+        if args.profile:
+            print_profile(work, have, k_cg, k_neumann, steps, args.repeats)
+            continue
         rows = []
         for name, contenders in groups(work, have, k_cg, k_neumann, steps):
             try:

@@ -51,3 +51,17 @@ def test_betty_cg_does_not_converge(work):
     ours = work.ours(bilevel.methods.ConjugateGradient(60, tol=1e-30))
     betty = peers.BettyLevels(work, type="cg", cg_iterations=60, cg_alpha=1.0)()
     assert relative_error(ours, reference) < 1e-4 < 1.0 < relative_error(betty, reference)
+
+
+def test_profile_counts_backward_calls_per_hypergradient(work):
+    def three_passes():  # exactly three backward calls: two torch.autograd.grad and one .backward
+        x = torch.randn(4, requires_grad=True)
+        torch.autograd.grad((x ** 2).sum(), x)
+        torch.autograd.grad((x ** 3).sum(), x)
+        (x * 2).sum().backward()
+
+    calls, share = peers.autograd_profile(three_passes, repeats=5)
+    assert calls == 3 and 0.0 < share < 1.0
+    # ours, unroll:5 on the MLP: five inner gradients with graph, then one backward through all of them
+    calls, _ = peers.autograd_profile(lambda: work.ours(bilevel.methods.Unroll(steps=5, lr=work.lr)), repeats=2)
+    assert calls == 6
