@@ -28,6 +28,10 @@ def test_smoke_setting_runs_every_method_and_resumes(tmp_path, monkeypatch):
     assert trainable == sorted(trainable) and len(set(trainable)) == 4
     assert by_method["full"]["trainable"] > 100 * trainable[-1]
     assert by_method["adalora"]["target_r"] == max(1, round(by_method["autolora"]["mean_rank"]))
+    # the control for the search: the same seed's searched ranks, permuted, hence the same parameter count
+    shuffled, searched = by_method["lora_shuffled"], by_method["autolora"]
+    assert sorted(shuffled["ranks"]) == sorted(searched["ranks"]) and shuffled["search_wall_s"] == 0
+    assert shuffled["trainable"] == searched["trainable"]
     assert by_method["autolora"]["search_wall_s"] > 0 and by_method["lora_r1"]["search_wall_s"] == 0
     calibration = json.loads((tmp_path / "calibration.json").read_text())["sst2"]
     assert calibration["lora_lr"] in setting.lora_lrs and calibration["full_lr"] in setting.full_lrs
@@ -36,7 +40,7 @@ def test_smoke_setting_runs_every_method_and_resumes(tmp_path, monkeypatch):
     table = (tmp_path / "table.md").read_text()
     for method in autolora_glue.METHODS:
         assert f"| {method} |" in table
-    assert "rank grid" in table
+    assert "rank grid" in table and "autolora - lora_shuffled = " in table
     # a rerun finds every run done and adds nothing
     assert autolora_glue.main(["--setting", "smoke", "--tasks", "sst2", "--out", str(tmp_path)]) == 0
     assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == len(records)
@@ -46,6 +50,13 @@ def test_smoke_setting_runs_every_method_and_resumes(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"another definition of this setting \(changed: steps\)"):
         autolora_glue.main(["--setting", "smoke", "--tasks", "sst2", "--out", str(tmp_path)])
     assert (tmp_path / "runs.jsonl").read_text() == before
+
+
+def test_only_the_learning_rates_the_methods_need_are_calibrated():
+    assert autolora_glue.families_for(["lora_r2", "lora_shuffled"]) == ["lora_r8"]
+    assert autolora_glue.families_for(["full"]) == ["full"]
+    assert autolora_glue.families_for(["adalora"]) == ["lora_r8", "adalora"]  # its budget needs an AutoLoRA run
+    assert autolora_glue.families_for(autolora_glue.METHODS) == list(autolora_glue.FAMILIES)
 
 
 def test_difference_to_autolora_is_judged_against_seed_noise():
