@@ -25,6 +25,8 @@ one AutoLoRA run.
 
     python bench/autolora_glue.py --setting smoke      # minutes: the test suite runs this on SST-2
     python bench/autolora_glue.py --setting cpu        # about 2 hours on 2 CPU cores
+    python bench/autolora_glue.py --setting cpu_long --methods autolora autolora_nometa lora_r2 lora_r4 lora_r8 \
+        lora_shuffled                                  # STS-B with a 90-step search: about 90 minutes
     python bench/autolora_glue.py --setting gpu        # full training sets, longer training, on a GPU
 """
 from __future__ import annotations
