@@ -395,9 +395,10 @@ def render_table(records: list[dict], setting_name: str, setting: Setting, calib
     for name in tasks:
         metric = TASKS[name]
         lrs = calibration.get(name, {})
-        lines += [f"**{name}** ({metric}{' and spearmanr' if name == 'stsb' else ''}; LoRA lr "
-                  f"{lrs.get('lora_lr', '?')}, AdaLoRA lr {lrs.get('adalora_lr', '?')}, full lr "
-                  f"{lrs.get('full_lr', '?')}, each chosen on held-out training rows)", "",
+        rates = ", ".join(f"{label} lr {lrs[key]}" for label, key in (("LoRA", "lora_lr"), ("AdaLoRA", "adalora_lr"),
+                                                                       ("full", "full_lr")) if key in lrs)
+        lines += [f"**{name}** ({metric}{' and spearmanr' if name == 'stsb' else ''}; {rates}, each chosen on "
+                  "held-out training rows)", "",
                   f"| method | seeds | {metric} mean +- std | vs autolora (paired, 95% CI) | "
                   f"{'spearmanr | ' if name == 'stsb' else ''}trainable params | wall s (search + train) | ranks |",
                   "|---|---|---|---|" + ("---|" if name == "stsb" else "") + "---|---|---|"]
