@@ -26,7 +26,7 @@ one AutoLoRA run.
     python bench/autolora_glue.py --setting smoke      # minutes: the test suite runs this on SST-2
     python bench/autolora_glue.py --setting cpu        # about 2 hours on 2 CPU cores
     python bench/autolora_glue.py --setting cpu_long --methods autolora autolora_nometa lora_r2 lora_r4 lora_r8 \
-        lora_shuffled                                  # STS-B with a 90-step search: about 90 minutes
+        lora_shuffled                                  # STS-B with a 90-step search: about 2 hours
     python bench/autolora_glue.py --setting gpu        # full training sets, longer training, on a GPU
 """
 from __future__ import annotations
@@ -110,8 +110,8 @@ SETTINGS = {
                    full_lrs=(5e-5, 2e-4), adalora_lrs=(3e-3, 1e-2, 3e-2), seeds=(0, 1, 2), tasks=("sst2", "stsb")),
     # The cpu setting's 30-step search gives ranks that are seed noise. The search-length probe (training file
     # only) finds a rank pattern that agrees across seeds on STS-B from 60-90 search steps on, and none on SST-2
-    # within 240. This setting gives STS-B a 90-step search; 90 search steps cost about 330 LoRA steps, so 400
-    # retraining steps keep one AutoLoRA run under two LoRA runs. About 90 minutes on 2 CPU cores for autolora,
+    # within 240. This setting gives STS-B a 90-step search; 90 search steps cost about 350 LoRA steps, so 400
+    # retraining steps keep one AutoLoRA run under two LoRA runs. About 2 hours on 2 CPU cores for autolora,
     # autolora_nometa, lora_r2, lora_r4, lora_r8 and lora_shuffled over 5 seeds.
     "cpu_long": Setting(steps=400, search_steps=90, batch_size=16, max_length=64, lora_lrs=(1e-3, 3e-3, 1e-2),
                         full_lrs=(5e-5, 2e-4), adalora_lrs=(3e-3, 1e-2, 3e-2), seeds=(0, 1, 2, 3, 4),
