@@ -312,23 +312,26 @@ def search_probe(name: str, task, setting: Setting, lr: float, out: str, device,
 
 
 # ------------------------------------------------------------------------------------------------------- one run
+def shuffled_ranks(ranks: list[int], seed: int) -> list[int]:
+    """``ranks`` randomly permuted across the matrices, the permutation fixed by ``seed``: the searched rank
+    budget placed without the search (the ``lora_shuffled`` control)."""
+    return random.Random(seed).sample(ranks, k=len(ranks))
+
+
 def run_one(name: str, method: str, seed: int, task, lrs: dict, setting: Setting, done: dict, device) -> dict:
     lora_lr, full_lr, adalora_lr = lrs.get("lora_lr"), lrs.get("full_lr"), lrs.get("adalora_lr")
     record = {"task": name, "method": method, "seed": seed}
-    search_wall, found = 0.0, None
+    search_wall, ranks = 0.0, None
     if method.startswith("autolora"):
         result, found = autolora(task, method, lora_lr, seed, setting, device)
-        search_wall = found.wall_time_s
-        ranks = list(found.ranks.ranks.values())
-        record.update(ranks=ranks, mean_rank=round(sum(ranks) / len(ranks), 3), search_steps=found.steps)
+        search_wall, ranks = found.wall_time_s, list(found.ranks.ranks.values())
+        record.update(search_steps=found.steps)
     elif method.startswith("lora_r"):
         r = int(method[len("lora_r"):])
         result = train_lora(task, r, lora_lr, seed, setting, task.train, device)
     elif method == "lora_shuffled":
-        searched = done[(name, "autolora", seed)]["ranks"]
-        ranks = random.Random(seed).sample(searched, k=len(searched))  # a random permutation, fixed by the seed
+        ranks = shuffled_ranks(done[(name, "autolora", seed)]["ranks"], seed)
         result = train_lora(task, ranks, lora_lr, seed, setting, task.train, device)
-        record.update(ranks=ranks, mean_rank=round(sum(ranks) / len(ranks), 3))
     elif method == "adalora":
         reference = done[(name, "autolora", seed)]
         target_r = max(1, round(reference["mean_rank"]))
@@ -338,6 +341,8 @@ def run_one(name: str, method: str, seed: int, task, lrs: dict, setting: Setting
         result = train_full(task, full_lr, seed, setting, task.train, device)
     else:
         raise ValueError(f"unknown method {method!r}; valid: {list(METHODS)}")
+    if ranks is not None:
+        record.update(ranks=ranks, mean_rank=round(statistics.fmean(ranks), 3))
     start = time.perf_counter()
     scores = task.evaluate(result.model, task.evaluation)
     record.update(metrics={k: round(v, 5) for k, v in scores.items()}, trainable=result.trainable_parameters,

@@ -52,6 +52,14 @@ def test_smoke_setting_runs_every_method_and_resumes(tmp_path, monkeypatch):
     assert (tmp_path / "runs.jsonl").read_text() == before
 
 
+def test_shuffled_ranks_are_a_seeded_permutation():
+    ranks = [1, 2, 3, 4, 5, 6, 7, 8, 2, 3, 4, 5]
+    shuffled = autolora_glue.shuffled_ranks(ranks, 0)
+    assert sorted(shuffled) == sorted(ranks) and shuffled != ranks  # the same budget, placed elsewhere
+    assert autolora_glue.shuffled_ranks(ranks, 0) == shuffled != autolora_glue.shuffled_ranks(ranks, 1)
+    assert ranks == [1, 2, 3, 4, 5, 6, 7, 8, 2, 3, 4, 5]  # the searched ranks are left as they were
+
+
 def test_only_the_learning_rates_the_methods_need_are_calibrated():
     assert autolora_glue.families_for(["lora_r2", "lora_shuffled"]) == ["lora_r8"]
     assert autolora_glue.families_for(["full"]) == ["full"]
