@@ -13,10 +13,12 @@ training data, and is scored on the task's evaluation file, which nothing here e
 - ``adalora``: PEFT AdaLoRA with init_r = k and target_r = the mean rank AutoLoRA found for this task and seed;
 - ``full``: full fine-tuning.
 
-Learning rates are chosen first, on the training data alone (``calibration``): LoRA r = 8 and full fine-tuning
-are trained on 85% of the training rows at each learning rate of the setting's grid and scored on the other 15%;
-the best LoRA rate serves every LoRA-family method (grid, AdaLoRA, AutoLoRA search and retraining), the best
-full rate the full fine-tuning. The search's gate learning rate and length are fixed by the setting, never tuned.
+Learning rates are chosen first, on the training data alone (``calibration``): LoRA r = 8, AdaLoRA and full
+fine-tuning are trained on 85% of the training rows at each learning rate of the setting's grid and scored on the
+other 15%; the best LoRA rate serves every LoRA-family method (grid, AutoLoRA search and retraining), the others
+their own family. With ``--lr-per-method`` every uniform rank and AutoLoRA's retraining (after a search on the
+same 85%) get their own rate the same way; the search keeps r = 8's rate, since its k = 8 components train at r = 8's
+scaling. The search's gate learning rate and length are fixed by the setting, never tuned.
 
 Results go to ``<out>/runs.jsonl`` (one line per finished run, so a stopped run keeps what finished and a rerun
 skips it) and ``<out>/table.md`` (rewritten after every run): mean +- std over seeds of the metric, trainable
@@ -81,17 +83,26 @@ class Setting:
     train_limit: int | None = None  # use this many training rows (a fixed random subset); None = all
     eval_limit: int | None = None   # score on this many evaluation rows; None = all
     calibration_fraction: float = 0.15
+    lr_per_method: bool = False    # each uniform rank and AutoLoRA's retraining get their own calibrated rate
 
 
-def definition(setting: Setting) -> dict:
-    """The fields of ``setting`` that shape a run or a calibration (not the seeds or tasks it covers), as JSON."""
-    fields = {k: v for k, v in dataclasses.asdict(setting).items() if k not in ("seeds", "tasks")}
+def definition(setting: Setting, calibration: bool = False) -> dict:
+    """The fields of ``setting`` that shape a run (not the seeds or tasks it covers), as JSON; with
+    ``calibration``, those that shape a family's calibration (which rates the runs use does not)."""
+    left_out = ("seeds", "tasks", "lr_per_method") if calibration else ("seeds", "tasks")
+    fields = {k: v for k, v in dataclasses.asdict(setting).items() if k not in left_out}
     return json.loads(json.dumps(fields))
 
 
-def _check_definition(found: dict | None, setting: Setting, where: str) -> None:
-    """Refuse to mix results of another definition of the setting into this one."""
-    expected = definition(setting)
+def _check_definition(found: dict | None, setting: Setting, where: str, calibration: bool = False) -> None:
+    """Refuse to mix results of another definition of the setting into this one. A field missing from ``found``
+    was added later, so those results used its default."""
+    expected = definition(setting, calibration)
+    if found is not None:
+        required = {f.name: getattr(setting, f.name) for f in dataclasses.fields(Setting)
+                    if f.default is dataclasses.MISSING}
+        defaults = definition(Setting(**required), calibration)
+        found = {**{k: v for k, v in defaults.items() if k not in found}, **found}
     if found != expected:
         changed = sorted(k for k in expected if (found or {}).get(k) != expected[k])
         raise ValueError(f"{where} holds results of another definition of this setting (changed: "
@@ -187,60 +198,78 @@ def train_adalora(task, target_r: int, lr: float, seed: int, setting: Setting, d
                               retrain_config(setting, lr, seed), progress=False, after_step=allocate)
 
 
-def autolora(task, variant: str, lr: float, seed: int, setting: Setting, device):
-    """Search then retrain; returns (retrain result, search result)."""
-    found = run_search(task, variant, lr, seed, setting, setting.search_steps, device)
-    return train_lora(task, found.ranks.ranks, lr, seed, setting, task.train, device), found
+def autolora(task, variant: str, search_lr: float, retrain_lr: float, seed: int, setting: Setting, device,
+             train=None):
+    """Search then retrain, both on ``train`` (default: the training file); returns (retrain result, search
+    result)."""
+    train = task.train if train is None else train
+    found = run_search(task, variant, search_lr, seed, setting, setting.search_steps, device, train=train)
+    return train_lora(task, found.ranks.ranks, retrain_lr, seed, setting, train, device), found
 
 
 def run_search(task, variant: str, lr: float, seed: int, setting: Setting, steps: int, device,
-               record_every: int = 10):
-    """AutoLoRA's rank search alone (``variant`` as in METHODS), on the training file, for ``steps`` steps; the
-    gate weights are recorded every ``record_every`` steps."""
+               record_every: int = 10, train=None):
+    """AutoLoRA's rank search alone (``variant`` as in METHODS), on ``train`` (default: the training file), for
+    ``steps`` steps; the gate weights are recorded every ``record_every`` steps."""
     method = {"autolora": {}, "autolora_identity": {"method": "identity_implicit"},
               "autolora_nometa": {"selection_split": "train"}}[variant]
     search_config = SearchConfig(max_steps=steps, batch_size=setting.batch_size, learning_rate=lr,
                                  alpha_learning_rate=setting.gate_lr, seed=seed, record_every=record_every,
                                  **method)
     model = fresh_model(task, seed, device)
-    return search_module.search(model, task.train, task.collate, AutoLoraConfig(k=K, target_modules=TARGETS),
-                                search_config, progress=False)
+    return search_module.search(model, task.train if train is None else train, task.collate,
+                                AutoLoraConfig(k=K, target_modules=TARGETS), search_config, progress=False)
 
 
 # ---------------------------------------------------------------------------------------------------- calibration
-# calibrated family -> (the learning-rate key of calibration.json, the Setting field with its grid)
+# calibrated family -> (the learning-rate key of calibration.json, the Setting field with its grid); lora_r8 comes
+# first: every AutoLoRA search runs at its rate. The families after adalora exist only with lr_per_method.
 FAMILIES = {"lora_r8": ("lora_lr", "lora_lrs"), "full": ("full_lr", "full_lrs"),
-            "adalora": ("adalora_lr", "adalora_lrs")}
+            "adalora": ("adalora_lr", "adalora_lrs"),
+            **{f"lora_r{r}": (f"lora_r{r}_lr", "lora_lrs") for r in GRID_RANKS if r != 8},
+            "autolora": ("autolora_lr", "lora_lrs")}
 
 
-def train_family(family: str, task, lr: float, seed: int, setting: Setting, train, device):
-    """One calibration run: LoRA r = 8, full fine-tuning, or AdaLoRA from k down to k/2 on average."""
-    if family == "lora_r8":
-        return train_lora(task, 8, lr, seed, setting, train, device)
+def train_family(family: str, task, lr: float, seed: int, setting: Setting, train, device, lora_lr=None):
+    """One calibration run on ``train``: uniform LoRA of rank r, full fine-tuning, AdaLoRA from k down to k/2 on
+    average, or AutoLoRA (search at ``lora_lr``, retraining at ``lr``)."""
+    if family.startswith("lora_r"):
+        return train_lora(task, int(family[len("lora_r"):]), lr, seed, setting, train, device)
     if family == "full":
         return train_full(task, lr, seed, setting, train, device)
+    if family == "autolora":
+        return autolora(task, "autolora", lora_lr, lr, seed, setting, device, train)[0]
     return train_adalora(task, K // 2, lr, seed, setting, device, train)
 
 
-def families_for(methods) -> list[str]:
-    """The calibrated families ``methods`` need: full fine-tuning, AdaLoRA, and the LoRA rate for all the rest."""
-    needed = {"full" if m == "full" else "adalora" if m == "adalora" else "lora_r8" for m in methods}
-    if "adalora" in needed:
-        needed.add("lora_r8")  # AdaLoRA's rank budget comes from an AutoLoRA run
+def family_of(method: str, lr_per_method: bool = False) -> str:
+    """The calibrated family whose learning rate ``method`` trains its final model at."""
+    if method in ("full", "adalora"):
+        return method
+    if not lr_per_method:
+        return "lora_r8"
+    return method if method.startswith("lora_r") else "autolora"  # AutoLoRA variants and the shuffled control
+
+
+def families_for(methods, lr_per_method: bool = False) -> list[str]:
+    """The calibrated families ``methods`` need, in calibration order."""
+    needed = {family_of(m, lr_per_method) for m in methods}
+    if needed & {"adalora", "autolora"} or any(m.startswith("autolora") for m in methods):
+        needed.add("lora_r8")  # every search runs at r = 8's rate; AdaLoRA's budget comes from an AutoLoRA run
     return [f for f in FAMILIES if f in needed]
 
 
-def calibrate(name: str, task, setting: Setting, out: str, device, families=tuple(FAMILIES)) -> dict:
-    """Best learning rate of each of ``families`` (LoRA, full fine-tuning, AdaLoRA, whose parametrization trains
-    at its own rates) on a held-out 15% of the training rows; cached per family in calibration.json."""
+def calibrate(name: str, task, setting: Setting, out: str, device, families) -> dict:
+    """Best learning rate of each of ``families`` (as in FAMILIES) on a held-out 15% of the training rows; cached
+    per family in calibration.json."""
     path = os.path.join(out, "calibration.json")
     cache = {}
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             cache = json.load(f)
     if name in cache:
-        _check_definition(cache[name].get("setting"), setting, f"{path} ({name})")
-    entry = cache.setdefault(name, {"setting": definition(setting), "held_out_scores": {}})
+        _check_definition(cache[name].get("setting"), setting, f"{path} ({name})", calibration=True)
+    entry = cache.setdefault(name, {"setting": definition(setting, calibration=True), "held_out_scores": {}})
     fit_rows, held_out = search_module.split_train(task.train, setting.calibration_fraction, seed=1234)
     metric = TASKS[name]
     for family in families:
@@ -249,7 +278,7 @@ def calibrate(name: str, task, setting: Setting, out: str, device, families=tupl
             continue
         scores = {}
         for lr in getattr(setting, grid):
-            result = train_family(family, task, lr, 0, setting, fit_rows, device)
+            result = train_family(family, task, lr, 0, setting, fit_rows, device, entry.get("lora_lr"))
             scores[lr] = task.evaluate(result.model, held_out)[metric]
             print(f"  calibration {name} {family} lr={lr:g}: held-out {metric} {scores[lr]:.4f}", flush=True)
         entry[key] = max(scores, key=scores.get)
@@ -319,28 +348,27 @@ def shuffled_ranks(ranks: list[int], seed: int) -> list[int]:
 
 
 def run_one(name: str, method: str, seed: int, task, lrs: dict, setting: Setting, done: dict, device) -> dict:
-    lora_lr, full_lr, adalora_lr = lrs.get("lora_lr"), lrs.get("full_lr"), lrs.get("adalora_lr")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; valid: {list(METHODS)}")
+    lr = lrs[FAMILIES[family_of(method, setting.lr_per_method)][0]]  # the final model's rate
     record = {"task": name, "method": method, "seed": seed}
     search_wall, ranks = 0.0, None
     if method.startswith("autolora"):
-        result, found = autolora(task, method, lora_lr, seed, setting, device)
+        result, found = autolora(task, method, lrs["lora_lr"], lr, seed, setting, device)
         search_wall, ranks = found.wall_time_s, list(found.ranks.ranks.values())
         record.update(search_steps=found.steps)
     elif method.startswith("lora_r"):
-        r = int(method[len("lora_r"):])
-        result = train_lora(task, r, lora_lr, seed, setting, task.train, device)
+        result = train_lora(task, int(method[len("lora_r"):]), lr, seed, setting, task.train, device)
     elif method == "lora_shuffled":
         ranks = shuffled_ranks(done[(name, "autolora", seed)]["ranks"], seed)
-        result = train_lora(task, ranks, lora_lr, seed, setting, task.train, device)
+        result = train_lora(task, ranks, lr, seed, setting, task.train, device)
     elif method == "adalora":
         reference = done[(name, "autolora", seed)]
         target_r = max(1, round(reference["mean_rank"]))
-        result = train_adalora(task, target_r, adalora_lr, seed, setting, device)
+        result = train_adalora(task, target_r, lr, seed, setting, device)
         record.update(target_r=target_r)
-    elif method == "full":
-        result = train_full(task, full_lr, seed, setting, task.train, device)
     else:
-        raise ValueError(f"unknown method {method!r}; valid: {list(METHODS)}")
+        result = train_full(task, lr, seed, setting, task.train, device)
     if ranks is not None:
         record.update(ranks=ranks, mean_rank=round(statistics.fmean(ranks), 3))
     start = time.perf_counter()
@@ -348,7 +376,7 @@ def run_one(name: str, method: str, seed: int, task, lrs: dict, setting: Setting
     record.update(metrics={k: round(v, 5) for k, v in scores.items()}, trainable=result.trainable_parameters,
                   train_wall_s=round(result.wall_time_s, 2), search_wall_s=round(search_wall, 2),
                   wall_s=round(result.wall_time_s + search_wall, 2), eval_wall_s=round(time.perf_counter() - start, 2),
-                  steps=result.steps, lr={"full": full_lr, "adalora": adalora_lr}.get(method, lora_lr))
+                  steps=result.steps, lr=lr)
     return record
 
 
@@ -396,12 +424,14 @@ def render_table(records: list[dict], setting_name: str, setting: Setting, calib
     tasks = [t for t in TASKS if any(k[0] == t for k in by)]
     lines = [f"Setting `{setting_name}`: {setting.steps} steps of batch {setting.batch_size} per final model, "
              f"AutoLoRA search {setting.search_steps} steps, max length {setting.max_length}, seeds "
-             f"{list(setting.seeds)}.", ""]
+             f"{list(setting.seeds)}, "
+             f"{'a learning rate per method' if setting.lr_per_method else 'one LoRA learning rate'}.", ""]
     for name in tasks:
         metric = TASKS[name]
         lrs = calibration.get(name, {})
-        rates = ", ".join(f"{label} lr {lrs[key]}" for label, key in (("LoRA", "lora_lr"), ("AdaLoRA", "adalora_lr"),
-                                                                       ("full", "full_lr")) if key in lrs)
+        labels = {"lora_r8": "LoRA" if not setting.lr_per_method else "LoRA r8 and the search"}
+        rates = ", ".join(f"{labels.get(family, family)} lr {lrs[key]}" for family, (key, _) in FAMILIES.items()
+                          if key in lrs)
         lines += [f"**{name}** ({metric}{' and spearmanr' if name == 'stsb' else ''}; {rates}, each chosen on "
                   "held-out training rows)", "",
                   f"| method | seeds | {metric} mean +- std | vs autolora (paired, 95% CI) | "
@@ -497,9 +527,9 @@ def load_records(path: str) -> list[dict]:
 
 
 def run(setting_name: str, tasks: list[str], out: str, methods: list[str] | None = None,
-        seeds: list[int] | None = None, data_dir: str = DATA_DIR) -> list[dict]:
+        seeds: list[int] | None = None, data_dir: str = DATA_DIR, lr_per_method: bool = False) -> list[dict]:
     """Run (or continue) the benchmark; returns every finished record."""
-    setting = SETTINGS[setting_name]
+    setting = dataclasses.replace(SETTINGS[setting_name], lr_per_method=lr_per_method)
     if seeds:
         setting = dataclasses.replace(setting, seeds=tuple(seeds))
     methods = methods or list(METHODS)
@@ -514,7 +544,8 @@ def run(setting_name: str, tasks: list[str], out: str, methods: list[str] | None
     done = {(r["task"], r["method"], r["seed"]): r for r in records}
     tokenizer = load_tokenizer(minilm_path())
     loaded = {name: load_task(name, setting, tokenizer, data_dir) for name in tasks}
-    calibration = {name: calibrate(name, loaded[name], setting, out, device, families_for(methods)) for name in tasks}
+    families = families_for(methods, setting.lr_per_method)
+    calibration = {name: calibrate(name, loaded[name], setting, out, device, families) for name in tasks}
 
     def write_table() -> None:
         text = render_table(records, setting_name, setting, calibration)
@@ -573,10 +604,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="instead of the comparison: how the searched ranks' agreement across seeds grows with "
                              "the search length (training file only)")
     parser.add_argument("--probe-steps", type=int, default=240, help="with --search-probe: search steps per seed")
-    parser.add_argument("--out", default=None, help="results folder (default bench/results/autolora_glue_<setting>)")
+    parser.add_argument("--lr-per-method", action="store_true",
+                        help="calibrate a learning rate for every uniform rank and for AutoLoRA's retraining, instead "
+                             "of r = 8's rate for the whole LoRA family")
+    parser.add_argument("--out", default=None, help="results folder (default bench/results/autolora_glue_<setting>, "
+                                                    "with _lr_per_method appended under --lr-per-method)")
     args = parser.parse_args(argv)
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                   f"autolora_glue_{args.setting}")
+                                   f"autolora_glue_{args.setting}{'_lr_per_method' if args.lr_per_method else ''}")
     quiet_libraries()
     if args.find_budget:
         setting = SETTINGS[args.setting]
@@ -590,12 +625,12 @@ def main(argv: list[str] | None = None) -> int:
         os.makedirs(out, exist_ok=True)
         task = load_task(args.search_probe, setting, load_tokenizer(minilm_path()), args.data_dir)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        lr = calibrate(args.search_probe, task, setting, out, device)["lora_lr"]
+        lr = calibrate(args.search_probe, task, setting, out, device, ["lora_r8"])["lora_lr"]
         search_probe(args.search_probe, task, setting, lr, out, device, args.probe_steps,
                      tuple(args.seeds or setting.seeds))
         return 0
     records = run(args.setting, args.tasks or list(SETTINGS[args.setting].tasks), out, args.methods, args.seeds,
-                  args.data_dir)
+                  args.data_dir, args.lr_per_method)
     print(open(os.path.join(out, "table.md"), encoding="utf-8").read() if records else "no runs")
     return 0
 

@@ -52,6 +52,21 @@ def test_smoke_setting_runs_every_method_and_resumes(tmp_path, monkeypatch):
     assert (tmp_path / "runs.jsonl").read_text() == before
 
 
+def test_lr_per_method_calibrates_each_rank_and_autoloras_retraining(tmp_path):
+    methods = ["autolora", "lora_r2", "lora_shuffled"]
+    assert autolora_glue.main(["--setting", "smoke", "--tasks", "sst2", "--lr-per-method", "--methods", *methods,
+                               "--out", str(tmp_path)]) == 0
+    calibration = json.loads((tmp_path / "calibration.json").read_text())["sst2"]
+    assert set(calibration["held_out_scores"]) == {"lora_r8", "lora_r2", "autolora"}
+    by_method = {r["method"]: r for r in map(json.loads, (tmp_path / "runs.jsonl").read_text().splitlines())}
+    assert by_method["lora_r2"]["lr"] == calibration["lora_r2_lr"]
+    assert by_method["autolora"]["lr"] == by_method["lora_shuffled"]["lr"] == calibration["autolora_lr"]
+    assert "a learning rate per method" in (tmp_path / "table.md").read_text()
+    # runs of the two protocols are never mixed in one folder
+    with pytest.raises(ValueError, match=r"changed: lr_per_method"):
+        autolora_glue.main(["--setting", "smoke", "--tasks", "sst2", "--methods", "lora_r2", "--out", str(tmp_path)])
+
+
 def test_find_budget_scores_the_baselines_at_growing_budgets(tmp_path):
     assert autolora_glue.main(["--setting", "smoke", "--find-budget", "sst2", "--multiples", "1", "2",
                                "--out", str(tmp_path)]) == 0

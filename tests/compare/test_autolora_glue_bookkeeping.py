@@ -18,10 +18,42 @@ def test_shuffled_ranks_are_a_seeded_permutation():
 
 
 def test_only_the_learning_rates_the_methods_need_are_calibrated():
-    assert autolora_glue.families_for(["lora_r2", "lora_shuffled"]) == ["lora_r8"]
-    assert autolora_glue.families_for(["full"]) == ["full"]
-    assert autolora_glue.families_for(["adalora"]) == ["lora_r8", "adalora"]  # its budget needs an AutoLoRA run
-    assert autolora_glue.families_for(autolora_glue.METHODS) == list(autolora_glue.FAMILIES)
+    families_for = autolora_glue.families_for
+    assert families_for(["lora_r2", "lora_shuffled"]) == ["lora_r8"]
+    assert families_for(["full"]) == ["full"]
+    assert families_for(["adalora"]) == ["lora_r8", "adalora"]  # its budget needs an AutoLoRA run
+    assert families_for(autolora_glue.METHODS) == ["lora_r8", "full", "adalora"]
+    # per method: every rank and AutoLoRA's retraining get their own rate; every search runs at r = 8's
+    assert families_for(["lora_r2"], lr_per_method=True) == ["lora_r2"]
+    assert families_for(["autolora_nometa"], lr_per_method=True) == ["lora_r8", "autolora"]
+    assert families_for(["lora_shuffled", "lora_r4"], lr_per_method=True) == ["lora_r8", "lora_r4", "autolora"]
+    assert families_for(autolora_glue.METHODS, lr_per_method=True) == list(autolora_glue.FAMILIES)
+
+
+def test_each_method_trains_at_its_familys_rate():
+    family_of = autolora_glue.family_of
+    assert {m: family_of(m) for m in ("lora_r1", "autolora", "lora_shuffled", "adalora", "full")} == {
+        "lora_r1": "lora_r8", "autolora": "lora_r8", "lora_shuffled": "lora_r8", "adalora": "adalora",
+        "full": "full"}
+    assert {m: family_of(m, True) for m in ("lora_r1", "autolora_identity", "lora_shuffled", "adalora")} == {
+        "lora_r1": "lora_r1", "autolora_identity": "autolora", "lora_shuffled": "autolora", "adalora": "adalora"}
+    assert all(family_of(m, True) in autolora_glue.FAMILIES for m in autolora_glue.METHODS)
+
+
+def test_results_written_before_a_setting_field_existed_count_as_its_default():
+    setting = autolora_glue.SETTINGS["cpu"]
+    older = autolora_glue.definition(setting)
+    del older["lr_per_method"]  # a folder written before the field existed
+    autolora_glue._check_definition(older, setting, "runs.jsonl")
+    with pytest.raises(ValueError, match="changed: lr_per_method"):
+        autolora_glue._check_definition(older, autolora_glue.dataclasses.replace(setting, lr_per_method=True),
+                                        "runs.jsonl")
+    # a family's calibration does not depend on which rates the runs use, so it is shared
+    autolora_glue._check_definition(autolora_glue.definition(setting, calibration=True),
+                                    autolora_glue.dataclasses.replace(setting, lr_per_method=True),
+                                    "calibration.json", calibration=True)
+    with pytest.raises(ValueError, match="changed: steps"):
+        autolora_glue._check_definition(older, autolora_glue.dataclasses.replace(setting, steps=1), "runs.jsonl")
 
 
 def test_difference_to_autolora_is_judged_against_seed_noise():
