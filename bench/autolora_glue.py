@@ -29,6 +29,8 @@ one AutoLoRA run.
     python bench/autolora_glue.py --setting cpu        # about 2 hours on 2 CPU cores
     python bench/autolora_glue.py --setting cpu_long --methods autolora autolora_nometa lora_r2 lora_r4 lora_r8 \
         lora_shuffled                                  # STS-B with a 90-step search: about 2 hours
+    python bench/autolora_glue.py --setting cpu_long --lr-per-method --methods autolora lora_r8 lora_shuffled \
+        lora_r4 lora_r2                                # the same, every method at its own calibrated rate
     python bench/autolora_glue.py --setting gpu        # full training sets, longer training, on a GPU
 """
 from __future__ import annotations
@@ -103,6 +105,8 @@ def _check_definition(found: dict | None, setting: Setting, where: str, calibrat
                     if f.default is dataclasses.MISSING}
         defaults = definition(Setting(**required), calibration)
         found = {**{k: v for k, v in defaults.items() if k not in found}, **found}
+        if calibration:
+            found.pop("lr_per_method", None)
     if found != expected:
         changed = sorted(k for k in expected if (found or {}).get(k) != expected[k])
         raise ValueError(f"{where} holds results of another definition of this setting (changed: "
@@ -460,11 +464,13 @@ def render_table(records: list[dict], setting_name: str, setting: Setting, calib
                          f"{statistics.fmean(r['wall_s'] for r in runs):.1f} | {ranks} |")
         lines.append("")
     lines += _summary(by, tasks)
-    lines += ["", "**Every run** (wall seconds; the search is AutoLoRA's rank search)", "",
+    lines += ["", "**Every run** (wall seconds; the search is AutoLoRA's rank search; reused: taken over from "
+              "the other learning-rate protocol's folder, where it ran at the same rate)", "",
               "| task | method | seed | metric | search s | train s | eval s | lr |",
               "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['task']} | {r['method']} | {r['seed']} | {r['metrics'][TASKS[r['task']]]:.4f} | "
-              f"{r['search_wall_s']:.1f} | {r['train_wall_s']:.1f} | {r['eval_wall_s']:.1f} | {r['lr']:g} |"
+    lines += [f"| {r['task']} | {r['method']}{' (reused)' if 'reused_from' in r else ''} | {r['seed']} | "
+              f"{r['metrics'][TASKS[r['task']]]:.4f} | {r['search_wall_s']:.1f} | {r['train_wall_s']:.1f} | "
+              f"{r['eval_wall_s']:.1f} | {r['lr']:g} |"
               for r in records]
     return "\n".join(lines) + "\n"
 
@@ -526,9 +532,30 @@ def load_records(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def reusable_records(folder: str, setting_name: str, setting: Setting, calibration: dict) -> dict:
+    """The runs of ``folder`` (the same setting under the other learning-rate protocol) by (task, method, seed),
+    for the tasks whose AutoLoRA searches ran at the same rate as here. Training is deterministic on one device,
+    so such a run at the rate this protocol gives its method is the run this protocol would make."""
+    path = os.path.join(folder, "runs.jsonl")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"autolora_glue: --reuse {folder}: no runs.jsonl there")
+    with open(os.path.join(folder, "calibration.json"), encoding="utf-8") as f:
+        search_rates = {name: entry.get("lora_lr") for name, entry in json.load(f).items()}
+    found = {}
+    for record in load_records(path):
+        if record.get("setting") != setting_name:
+            continue
+        _check_definition(record.get("definition"), setting, path, calibration=True)
+        if search_rates.get(record["task"]) == calibration.get(record["task"], {}).get("lora_lr"):
+            found[(record["task"], record["method"], record["seed"])] = record
+    return found
+
+
 def run(setting_name: str, tasks: list[str], out: str, methods: list[str] | None = None,
-        seeds: list[int] | None = None, data_dir: str = DATA_DIR, lr_per_method: bool = False) -> list[dict]:
-    """Run (or continue) the benchmark; returns every finished record."""
+        seeds: list[int] | None = None, data_dir: str = DATA_DIR, lr_per_method: bool = False,
+        reuse: str | None = None) -> list[dict]:
+    """Run (or continue) the benchmark; returns every finished record. ``reuse``: a results folder of the same
+    setting under the other learning-rate protocol whose runs at the same rate are taken over instead of rerun."""
     setting = dataclasses.replace(SETTINGS[setting_name], lr_per_method=lr_per_method)
     if seeds:
         setting = dataclasses.replace(setting, seeds=tuple(seeds))
@@ -546,6 +573,7 @@ def run(setting_name: str, tasks: list[str], out: str, methods: list[str] | None
     loaded = {name: load_task(name, setting, tokenizer, data_dir) for name in tasks}
     families = families_for(methods, setting.lr_per_method)
     calibration = {name: calibrate(name, loaded[name], setting, out, device, families) for name in tasks}
+    previous = reusable_records(reuse, setting_name, setting, calibration) if reuse else {}
 
     def write_table() -> None:
         text = render_table(records, setting_name, setting, calibration)
@@ -559,16 +587,22 @@ def run(setting_name: str, tasks: list[str], out: str, methods: list[str] | None
                 if method in NEEDS_AUTOLORA and (name, "autolora", seed) not in done:
                     continue
                 start = time.perf_counter()
-                record = {"setting": setting_name, "definition": definition(setting),
-                          **run_one(name, method, seed, loaded[name], calibration[name], setting, done, device),
-                          "date": time.strftime("%Y-%m-%d"), "device": str(device)}
+                lr = calibration[name][FAMILIES[family_of(method, setting.lr_per_method)][0]]
+                source = previous.get((name, method, seed))
+                if source is not None and source["lr"] == lr and source["device"] == str(device):
+                    record = {**source, "definition": definition(setting), "reused_from": os.path.abspath(reuse)}
+                else:
+                    record = {"setting": setting_name, "definition": definition(setting),
+                              **run_one(name, method, seed, loaded[name], calibration[name], setting, done, device),
+                              "date": time.strftime("%Y-%m-%d"), "device": str(device)}
                 with open(runs_path, "a", encoding="utf-8") as f:
                     f.write(json.dumps(record) + "\n")
                 done[(name, method, seed)] = record
                 records.append(record)
                 write_table()
                 print(f"[{time.strftime('%H:%M:%S')}] {name} {method} seed {seed}: "
-                      f"{TASKS[name]} {record['metrics'][TASKS[name]]:.4f} ({time.perf_counter() - start:.0f} s)",
+                      f"{TASKS[name]} {record['metrics'][TASKS[name]]:.4f} ({time.perf_counter() - start:.0f} s"
+                      f"{', reused' if 'reused_from' in record else ''})",
                       flush=True)
     if records:  # also when every run was already done: the table is regenerated from runs.jsonl
         write_table()
@@ -607,6 +641,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr-per-method", action="store_true",
                         help="calibrate a learning rate for every uniform rank and for AutoLoRA's retraining, instead "
                              "of r = 8's rate for the whole LoRA family")
+    parser.add_argument("--reuse", default=None, metavar="FOLDER",
+                        help="results folder of the same setting under the other learning-rate protocol: its runs "
+                             "at the rate this protocol gives the method are taken over instead of rerun")
     parser.add_argument("--out", default=None, help="results folder (default bench/results/autolora_glue_<setting>, "
                                                     "with _lr_per_method appended under --lr-per-method)")
     args = parser.parse_args(argv)
@@ -630,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
                      tuple(args.seeds or setting.seeds))
         return 0
     records = run(args.setting, args.tasks or list(SETTINGS[args.setting].tasks), out, args.methods, args.seeds,
-                  args.data_dir, args.lr_per_method)
+                  args.data_dir, args.lr_per_method, args.reuse)
     print(open(os.path.join(out, "table.md"), encoding="utf-8").read() if records else "no runs")
     return 0
 

@@ -53,18 +53,27 @@ def test_smoke_setting_runs_every_method_and_resumes(tmp_path, monkeypatch):
 
 
 def test_lr_per_method_calibrates_each_rank_and_autoloras_retraining(tmp_path):
-    methods = ["autolora", "lora_r2", "lora_shuffled"]
-    assert autolora_glue.main(["--setting", "smoke", "--tasks", "sst2", "--lr-per-method", "--methods", *methods,
-                               "--out", str(tmp_path)]) == 0
-    calibration = json.loads((tmp_path / "calibration.json").read_text())["sst2"]
-    assert set(calibration["held_out_scores"]) == {"lora_r8", "lora_r2", "autolora"}
-    by_method = {r["method"]: r for r in map(json.loads, (tmp_path / "runs.jsonl").read_text().splitlines())}
-    assert by_method["lora_r2"]["lr"] == calibration["lora_r2_lr"]
-    assert by_method["autolora"]["lr"] == by_method["lora_shuffled"]["lr"] == calibration["autolora_lr"]
-    assert "a learning rate per method" in (tmp_path / "table.md").read_text()
+    plain, per_method = tmp_path / "plain", tmp_path / "per_method"
+    smoke = ["--setting", "smoke", "--tasks", "sst2"]
+    assert autolora_glue.main([*smoke, "--methods", "autolora", "lora_r1", "lora_r2", "--out", str(plain)]) == 0
+    methods = ["autolora", "lora_r1", "lora_r2", "lora_shuffled"]
+    assert autolora_glue.main([*smoke, "--lr-per-method", "--methods", *methods, "--reuse", str(plain),
+                               "--out", str(per_method)]) == 0
+    calibration = json.loads((per_method / "calibration.json").read_text())["sst2"]
+    assert set(calibration["held_out_scores"]) == {"lora_r8", "lora_r1", "lora_r2", "autolora"}
+    by_method = {r["method"]: r for r in map(json.loads, (per_method / "runs.jsonl").read_text().splitlines())}
+    assert [by_method[m]["lr"] for m in methods] == [calibration[k] for k in
+                                                     ("autolora_lr", "lora_r1_lr", "lora_r2_lr", "autolora_lr")]
+    assert "a learning rate per method" in (per_method / "table.md").read_text()
+    # a run of the plain protocol at the rate this protocol gives the method is taken over, the others rerun
+    before = {r["method"]: r for r in map(json.loads, (plain / "runs.jsonl").read_text().splitlines())}
+    reused = {m: "reused_from" in by_method[m] for m in before}
+    assert reused == {m: before[m]["lr"] == by_method[m]["lr"] for m in before}
+    assert set(reused.values()) == {True, False}  # the smoke calibration gives r = 1 a rate of its own
+    assert all(by_method[m]["metrics"] == before[m]["metrics"] for m in before if reused[m])
     # runs of the two protocols are never mixed in one folder
     with pytest.raises(ValueError, match=r"changed: lr_per_method"):
-        autolora_glue.main(["--setting", "smoke", "--tasks", "sst2", "--methods", "lora_r2", "--out", str(tmp_path)])
+        autolora_glue.main([*smoke, "--methods", "lora_r2", "--out", str(per_method)])
 
 
 def test_find_budget_scores_the_baselines_at_growing_budgets(tmp_path):
