@@ -433,7 +433,8 @@ def render_table(records: list[dict], setting_name: str, setting: Setting, calib
     for name in tasks:
         metric = TASKS[name]
         lrs = calibration.get(name, {})
-        labels = {"lora_r8": "LoRA" if not setting.lr_per_method else "LoRA r8 and the search"}
+        labels = {"lora_r8": "LoRA r8 and the search" if setting.lr_per_method else "LoRA", "full": "full",
+                  "adalora": "AdaLoRA", "autolora": "AutoLoRA retraining"}
         rates = ", ".join(f"{labels.get(family, family)} lr {lrs[key]}" for family, (key, _) in FAMILIES.items()
                           if key in lrs)
         lines += [f"**{name}** ({metric}{' and spearmanr' if name == 'stsb' else ''}; {rates}, each chosen on "
