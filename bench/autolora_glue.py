@@ -255,6 +255,11 @@ def family_of(method: str, lr_per_method: bool = False) -> str:
     return method if method.startswith("lora_r") else "autolora"  # AutoLoRA variants and the shuffled control
 
 
+def final_rate(method: str, lrs: dict, lr_per_method: bool = False) -> float:
+    """The calibrated learning rate ``method`` trains its final model at (``lrs``: a task's calibration entry)."""
+    return lrs[FAMILIES[family_of(method, lr_per_method)][0]]
+
+
 def families_for(methods, lr_per_method: bool = False) -> list[str]:
     """The calibrated families ``methods`` need, in calibration order."""
     needed = {family_of(m, lr_per_method) for m in methods}
@@ -354,7 +359,7 @@ def shuffled_ranks(ranks: list[int], seed: int) -> list[int]:
 def run_one(name: str, method: str, seed: int, task, lrs: dict, setting: Setting, done: dict, device) -> dict:
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {list(METHODS)}")
-    lr = lrs[FAMILIES[family_of(method, setting.lr_per_method)][0]]  # the final model's rate
+    lr = final_rate(method, lrs, setting.lr_per_method)
     record = {"task": name, "method": method, "seed": seed}
     search_wall, ranks = 0.0, None
     if method.startswith("autolora"):
@@ -588,8 +593,8 @@ def run(setting_name: str, tasks: list[str], out: str, methods: list[str] | None
                 if method in NEEDS_AUTOLORA and (name, "autolora", seed) not in done:
                     continue
                 start = time.perf_counter()
-                lr = calibration[name][FAMILIES[family_of(method, setting.lr_per_method)][0]]
                 source = previous.get((name, method, seed))
+                lr = final_rate(method, calibration[name], setting.lr_per_method)
                 if source is not None and source["lr"] == lr and source["device"] == str(device):
                     record = {**source, "definition": definition(setting), "reused_from": os.path.abspath(reuse)}
                 else:

@@ -38,6 +38,9 @@ def test_each_method_trains_at_its_familys_rate():
     assert {m: family_of(m, True) for m in ("lora_r1", "autolora_identity", "lora_shuffled", "adalora")} == {
         "lora_r1": "lora_r1", "autolora_identity": "autolora", "lora_shuffled": "autolora", "adalora": "adalora"}
     assert all(family_of(m, True) in autolora_glue.FAMILIES for m in autolora_glue.METHODS)
+    lrs = {"lora_lr": 3e-3, "lora_r4_lr": 1e-3, "autolora_lr": 1e-2, "full_lr": 2e-4}
+    assert [autolora_glue.final_rate(m, lrs) for m in ("lora_r4", "lora_shuffled", "full")] == [3e-3, 3e-3, 2e-4]
+    assert [autolora_glue.final_rate(m, lrs, True) for m in ("lora_r4", "lora_shuffled", "full")] == [1e-3, 1e-2, 2e-4]
 
 
 def test_results_written_before_a_setting_field_existed_count_as_its_default():
