@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "retrain":
             sub.add_argument("--ranks", default=None,
                              help="ranks.json written by `autolora search` (default: <output-dir>/ranks.json).")
+            sub.add_argument("--uniform-rank", type=int, default=None, metavar="R",
+                             help="Instead of --ranks: rank R on every --target-modules matrix (the uniform "
+                                  "LoRA baseline); writes its ranks.json.")
     report = commands.add_parser("report", help="write report.html for a run directory",
                                  description="write report.html (rank heatmap, selection weights, metrics)")
     report.add_argument("dir", help="the --output-dir of a search or run")
@@ -91,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             ranks = pipeline.search(run, data, method, configs[SearchConfig])
             print(f"ranks: {ranks.ranks}")
         else:
-            metrics = pipeline.retrain(run, data, method, configs[RetrainConfig], ranks=args.ranks)
+            metrics = pipeline.retrain(run, data, method, configs[RetrainConfig], ranks=args.ranks,
+                                       uniform_rank=args.uniform_rank)
             print(f"eval: {metrics.get('eval')}")
     except (ValueError, FileNotFoundError, FileExistsError, ImportError, OSError) as error:
         print(f"autolora {args.command}: error: {error}", file=sys.stderr)

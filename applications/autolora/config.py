@@ -77,6 +77,17 @@ class AutoLoraConfig(_JsonConfig):
     allow_zero_rank: bool = field(default=False, metadata={
         "help": "Allow rank 0 (drop the matrix) when no component passes the threshold; by default every "
                 "matrix keeps at least its strongest component."})
+    rank_rule: str = field(default="threshold", metadata={
+        "help": "How ranks are read off the search: 'threshold' = AutoLoRA's rule (per matrix, components with "
+                "softmax weight >= --threshold); 'budget' = the most important components across all matrices "
+                "until --rank-budget or --parameter-budget is spent (search with k above the largest rank you "
+                "may keep). Rules are registered in autolora.rank_rules."})
+    rank_budget: int | None = field(default=None, metadata={
+        "help": "Total rank over all adapted matrices for a budgeted --rank-rule (e.g. 8 x matrices = the "
+                "parameters of uniform r = 8); met exactly."})
+    parameter_budget: int | None = field(default=None, metadata={
+        "help": "LoRA parameter count for a budgeted --rank-rule (a rank of an in x out matrix costs in + out); "
+                "met as closely as possible from below. Give this or --rank-budget."})
     rank_scaling: str = field(default="peft", metadata={
         "help": "Scaling of the retrained rank-r update: 'peft' = lora_alpha/r (PEFT and the original code), "
                 "'search' = lora_alpha/k as during the search (exported through alpha_pattern)."})
@@ -88,6 +99,7 @@ class AutoLoraConfig(_JsonConfig):
         _check(0.0 <= self.lora_dropout < 1.0, name, "lora_dropout", f"must be in [0, 1), got {self.lora_dropout!r}")
         if self.threshold is not None:
             _check(0.0 < self.threshold <= 1.0, name, "threshold", f"must be in (0, 1], got {self.threshold!r}")
+        self._check_rank_rule()
         _check(self.rank_scaling in RANK_SCALINGS, name, "rank_scaling",
                f"must be one of {list(RANK_SCALINGS)}, got {self.rank_scaling!r}")
         for attr in ("target_modules", "modules_to_save"):
@@ -101,6 +113,32 @@ class AutoLoraConfig(_JsonConfig):
                        f"must be a {'non-empty ' if attr == 'target_modules' else ''}list of module names or None, "
                        f"got {value!r}")
                 setattr(self, attr, list(value))
+
+    def _check_rank_rule(self) -> None:
+        from .rank_rules import get_rank_rule
+
+        rule = get_rank_rule(self.rank_rule)   # an unknown name lists the valid ones
+        for flag, value in (("--rank-budget", self.rank_budget), ("--parameter-budget", self.parameter_budget)):
+            if value is not None and not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"{flag} must be an integer >= 1, got {value!r}")
+        given = [flag for flag, value in (("--rank-budget", self.rank_budget),
+                                          ("--parameter-budget", self.parameter_budget)) if value is not None]
+        if rule.uses_budget and len(given) != 1:
+            raise ValueError(f"--rank-rule {self.rank_rule} needs exactly one of --rank-budget and "
+                             f"--parameter-budget, got {given or 'neither'}")
+        if not rule.uses_budget and given:
+            raise ValueError(f"{given[0]} applies to a budgeted --rank-rule (budget), not to {self.rank_rule!r}")
+        if self.threshold is not None and self.rank_rule != "threshold":
+            raise ValueError(f"--threshold applies to --rank-rule threshold, not to {self.rank_rule!r}")
+
+    @property
+    def budget(self):
+        """The `RankBudget` of a budgeted rule, else None."""
+        from .rank_rules import RankBudget
+
+        if self.rank_budget is None and self.parameter_budget is None:
+            return None
+        return RankBudget(total_rank=self.rank_budget, parameters=self.parameter_budget)
 
     @property
     def effective_threshold(self) -> float:

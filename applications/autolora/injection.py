@@ -19,7 +19,7 @@ from .config import AutoLoraConfig
 from .layers import GatedLoraLinear, is_adaptable
 
 __all__ = [
-    "DEFAULT_TARGET_MODULES", "default_target_modules", "find_target_modules", "head_module_names",
+    "ALL_LINEAR", "DEFAULT_TARGET_MODULES", "default_target_modules", "find_target_modules", "head_module_names",
     "inject_gated_lora", "gated_layers", "lower_parameters", "upper_parameters", "adaptable_module_names",
 ]
 
@@ -36,6 +36,16 @@ DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
 }
 # Fallbacks for unknown architectures, tried in order.
 _FALLBACK_TARGETS = (["query", "value"], ["q_proj", "v_proj"], ["query_proj", "value_proj"], ["c_attn"])
+
+
+ALL_LINEAR = "all-linear"  # PEFT's convention: every linear layer but the output layer and the head
+
+
+def _output_layer_names(model: nn.Module) -> list[str]:
+    """The language-model output layer (tied to the embeddings; PEFT's all-linear leaves it out)."""
+    get = getattr(model, "get_output_embeddings", None)
+    output = get() if callable(get) else None
+    return [name for name, m in model.named_modules() if output is not None and m is output]
 
 
 def adaptable_module_names(model: nn.Module) -> list[str]:
@@ -96,10 +106,19 @@ def head_module_names(model: nn.Module) -> list[str]:
 def find_target_modules(model: nn.Module, target_modules: list[str] | None,
                         exclude: Iterable[str] = ()) -> list[str]:
     """Full names of the adaptable modules matched by ``target_modules`` (None = architecture default),
-    skipping modules under ``exclude`` (the head). Each entry must match at least one module."""
+    skipping modules under ``exclude`` (the head). Each entry must match at least one module.
+
+    ``["all-linear"]`` (PEFT's convention) takes every ``nn.Linear``/``Conv1D`` except the head and the
+    language-model output layer: attention projections, feed-forward layers and, in BERT, the pooler.
+    """
     targets = target_modules if target_modules is not None else default_target_modules(model)
     names = adaptable_module_names(model)
     excluded = tuple(exclude)
+    if ALL_LINEAR in targets:
+        if len(targets) != 1:
+            raise ValueError(f"--target-modules {ALL_LINEAR} stands alone; got {targets}")
+        excluded += tuple(_output_layer_names(model))
+        return [n for n in names if not any(n == e or n.startswith(e + ".") for e in excluded)]
     candidates = [n for n in names if not any(n == e or n.startswith(e + ".") for e in excluded)]
     for entry in targets:
         if not any(_matches(entry, n) for n in candidates):

@@ -13,7 +13,8 @@ from collections.abc import Iterator
 
 from bilevel.checkpoint import atomic_open
 
-__all__ = ["write_json_atomic", "write_bytes_atomic", "atomic_directory", "prepare_output_dir"]
+__all__ = ["write_json_atomic", "write_bytes_atomic", "atomic_directory", "check_output_dir",
+           "prepare_output_dir"]
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
@@ -48,12 +49,18 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[str]:
         raise
 
 
-def prepare_output_dir(path: str | os.PathLike, overwrite: bool = False) -> str:
-    """Create ``path``; refuse an existing non-empty directory unless ``overwrite``."""
+def check_output_dir(path: str | os.PathLike, overwrite: bool = False) -> str:
+    """Refuse a file, or an existing non-empty directory unless ``overwrite``; writes nothing."""
     path = os.fspath(path)
     if os.path.isfile(path):
         raise FileExistsError(f"--output-dir {path!r} is a file; pass a directory")
     if os.path.isdir(path) and os.listdir(path) and not overwrite:
         raise FileExistsError(f"--output-dir {path!r} is not empty; pass --overwrite or choose another directory")
+    return path
+
+
+def prepare_output_dir(path: str | os.PathLike, overwrite: bool = False) -> str:
+    """Create ``path`` after `check_output_dir`."""
+    path = check_output_dir(path, overwrite)
     os.makedirs(path, exist_ok=True)
     return path

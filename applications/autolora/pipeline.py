@@ -30,9 +30,11 @@ from . import retrain as retrain_module
 from . import search as search_module
 from .config import AutoLoraConfig, RetrainConfig, RunConfig, SearchConfig
 from .export import peft_config_dict, save_peft_config
-from .injection import head_module_names
-from .outputs import prepare_output_dir, write_json_atomic
-from .ranks import RankResult, load_ranks, save_ranks
+from .injection import find_target_modules, head_module_names
+from .layers import linear_features
+from .outputs import check_output_dir, prepare_output_dir, write_json_atomic
+from .rank_rules import check_budget
+from .ranks import RankResult, load_ranks, save_ranks, uniform_ranks
 
 __all__ = ["search", "retrain", "run", "report", "resolve_device", "load_task"]
 
@@ -110,17 +112,22 @@ def _export(ranks: RankResult, config: AutoLoraConfig, model, task_kind: str) ->
 
 
 def search(run_config: RunConfig, data_config, config: AutoLoraConfig, search_config: SearchConfig,
-           task=None, prepare: bool = True) -> RankResult:
-    """Search the ranks; writes ranks.json, peft_config.json, search.json, metrics.json and config.json."""
+           task=None) -> RankResult:
+    """Search the ranks; writes ranks.json, peft_config.json, search.json, metrics.json and config.json.
+
+    Everything that can be refused (the output folder, the data, the model, the targets, the rank budget) is
+    checked before the first byte is written.
+    """
     out = _output_dir(run_config)
     _device(run_config)
-    if prepare:
-        distributed.on_main(prepare_output_dir, out, run_config.overwrite or run_config.resume)
+    distributed.on_main(check_output_dir, out, run_config.overwrite or run_config.resume)
     task = task or load_task(run_config, data_config)
+    model = _load_model(run_config, task, search_config.seed)
+    check_targets(model, config)
+    distributed.on_main(prepare_output_dir, out, run_config.overwrite or run_config.resume)
     distributed.on_main(_start_records, out, {
         "run": run_config.to_dict(), "data": data_config.to_dict(), "autolora": config.to_dict(),
         "search": search_config.to_dict()})
-    model = _load_model(run_config, task, search_config.seed)
     checkpoint_dir = (os.path.join(out, "search_checkpoint") if search_config.checkpoint_every or run_config.resume
                       else None)
     result = search_module.search(model, task.train, task.collate, config, search_config,
@@ -128,6 +135,22 @@ def search(run_config: RunConfig, data_config, config: AutoLoraConfig, search_co
                                   checkpoint_dir=checkpoint_dir, resume=run_config.resume)
     distributed.on_main(_write_search, out, result, config, model, task)
     return result.ranks
+
+
+def target_names(model, config: AutoLoraConfig) -> list[str]:
+    """The matrices ``config`` adapts in ``model`` (the head excluded); raises if a target matches nothing."""
+    heads = config.modules_to_save if config.modules_to_save is not None else head_module_names(model)
+    return find_target_modules(model, config.target_modules, exclude=heads)
+
+
+def check_targets(model, config: AutoLoraConfig) -> list[str]:
+    """Refuse targets that match nothing and a rank budget no allocation over them can meet."""
+    names = target_names(model, config)
+    if config.budget is not None:
+        modules = dict(model.named_modules())
+        check_budget(config.budget, {n: linear_features(modules[n]) for n in names}, config.k,
+                     config.allow_zero_rank)
+    return names
 
 
 def _start_records(out: str, settings: dict) -> None:
@@ -153,38 +176,47 @@ def _write_search(out: str, result, config: AutoLoraConfig, model, task) -> None
 
 
 def retrain(run_config: RunConfig, data_config, config: AutoLoraConfig, retrain_config: RetrainConfig,
-            ranks: str | RankResult | None = None, task=None) -> dict:
+            ranks: str | RankResult | None = None, task=None, uniform_rank: int | None = None) -> dict:
     """Retrain fresh PEFT LoRA with the learned ranks, evaluate, save ``adapter/`` (and ``merged/``).
 
-    ``ranks`` is a ranks.json path or a `RankResult` (default: ``<output_dir>/ranks.json``). An existing
+    ``ranks`` is a ranks.json path or a `RankResult` (default: ``<output_dir>/ranks.json``); ``uniform_rank``
+    instead gives every target matrix of ``config`` that rank (the uniform-LoRA baseline). An existing
     ``adapter/`` in the output directory is replaced only with ``overwrite``. Returns metrics.json's content.
     """
     out = _output_dir(run_config)
     _device(run_config)
-    distributed.on_main(_check_retrain_output, out, run_config.overwrite)
-    if not isinstance(ranks, RankResult):
+    if uniform_rank is not None and ranks is not None:
+        raise ValueError("retrain: give --ranks or --uniform-rank, not both")
+    distributed.on_main(_check_retrain_output, out, run_config.overwrite, create=False)
+    if uniform_rank is None and not isinstance(ranks, RankResult):
         ranks = load_ranks(ranks or os.path.join(out, "ranks.json"))
     task = task or load_task(run_config, data_config)
-    distributed.on_main(_update_json, os.path.join(out, "config.json"), {
-        "run": run_config.to_dict(), "data": data_config.to_dict(), "autolora": config.to_dict(),
-        "retrain": retrain_config.to_dict()})
     model = _load_model(run_config, task, retrain_config.seed)
+    if uniform_rank is not None:
+        ranks = uniform_ranks(target_names(model, config), uniform_rank, config.k)
     missing = [n for n in ranks.ranks if n not in dict(model.named_modules())]
     if missing:
         raise ValueError(f"retrain: ranks.json names modules the model lacks ({missing[:3]}...); was it written "
                          "for another model?")
     exported = _export(ranks, config, model, task.kind)
+    distributed.on_main(_check_retrain_output, out, run_config.overwrite)
+    distributed.on_main(_update_json, os.path.join(out, "config.json"), {
+        "run": run_config.to_dict(), "data": data_config.to_dict(), "autolora": config.to_dict(),
+        "retrain": retrain_config.to_dict(), **({"uniform_rank": uniform_rank} if uniform_rank else {})})
+    if uniform_rank is not None:
+        distributed.on_main(save_ranks, ranks, os.path.join(out, "ranks.json"))
     distributed.on_main(save_peft_config, exported, os.path.join(out, "peft_config.json"))
     result = retrain_module.retrain(model, exported, task.train, task.collate, retrain_config,
                                     progress=run_config.progress and distributed.is_main())
     return distributed.on_main(_finish_retrain, out, result, task, retrain_config)
 
 
-def _check_retrain_output(out: str, overwrite: bool) -> None:
+def _check_retrain_output(out: str, overwrite: bool, create: bool = True) -> None:
     if os.path.exists(os.path.join(out, "adapter")) and not overwrite:
         raise FileExistsError(f"--output-dir {out!r} already holds adapter/; pass --overwrite or choose another "
                               "directory")
-    os.makedirs(out, exist_ok=True)
+    if create:
+        os.makedirs(out, exist_ok=True)
 
 
 def _finish_retrain(out: str, result, task, retrain_config: RetrainConfig) -> dict:
@@ -210,11 +242,12 @@ def run(run_config: RunConfig, data_config, config: AutoLoraConfig, search_confi
     """Search, retrain, evaluate and write the report. Returns metrics.json's content."""
     out = _output_dir(run_config)
     _device(run_config)
-    distributed.on_main(prepare_output_dir, out, run_config.overwrite or run_config.resume)
-    distributed.on_main(_check_retrain_output, out, run_config.overwrite)  # fail before the search, not after
+    distributed.on_main(check_output_dir, out, run_config.overwrite or run_config.resume)
+    # fail before the search, not after
+    distributed.on_main(_check_retrain_output, out, run_config.overwrite, create=False)
     task = load_task(run_config, data_config)
     start = time.perf_counter()
-    ranks = search(run_config, data_config, config, search_config, task=task, prepare=False)
+    ranks = search(run_config, data_config, config, search_config, task=task)
     retrain(run_config, data_config, config, retrain_config, ranks=ranks, task=task)
     metrics = distributed.on_main(_update_json, os.path.join(out, "metrics.json"),
                                   {"total_wall_time_s": round(time.perf_counter() - start, 2),

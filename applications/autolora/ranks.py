@@ -1,8 +1,9 @@
-"""From selection weights to ranks, and the ``ranks.json`` file that carries them.
+"""From the searched gates to ranks, and the ``ranks.json`` file that carries them.
 
-Rule (AutoLoRA): a matrix keeps the components whose softmax weight is >= threshold (default 1/k); the rank is
-their count. With ``allow_zero_rank=False`` a matrix with no such component keeps its strongest one (rank 1);
-with ``allow_zero_rank=True`` it gets rank 0 and is dropped from the retraining.
+The rank rule (`autolora.rank_rules`) decides: AutoLoRA's ``threshold`` rule keeps, per matrix, the components
+whose softmax weight is >= threshold (default 1/k); the ``budget`` rule spends a global budget on the most
+important components across matrices. ``ranks.json`` records the rule, its budget and the evidence (gates and
+component contributions) behind every rank.
 """
 from __future__ import annotations
 
@@ -10,30 +11,15 @@ import json
 import os
 from dataclasses import dataclass, field
 
-import torch
 from torch import nn
 
 from .injection import gated_layers
 from .outputs import write_json_atomic
+from .rank_rules import RankBudget, RankRule, get_rank_rule, model_evidence, select_components
 
-__all__ = ["RankResult", "select_components", "compute_ranks", "save_ranks", "load_ranks"]
+__all__ = ["RankResult", "select_components", "compute_ranks", "uniform_ranks", "save_ranks", "load_ranks"]
 
 RANKS_FORMAT_VERSION = 1
-
-
-def select_components(weights: torch.Tensor | list[float], threshold: float,
-                      allow_zero_rank: bool = False) -> list[int]:
-    """Indices (ascending) of the components kept from one matrix's softmax ``weights``."""
-    w = torch.as_tensor(weights, dtype=torch.float64)
-    if w.ndim != 1 or w.numel() == 0:
-        raise ValueError(f"select_components: weights must be a non-empty 1-D vector, got shape {tuple(w.shape)}")
-    if not 0.0 < threshold <= 1.0:
-        raise ValueError(f"select_components: threshold must be in (0, 1], got {threshold}")
-    # A relative tolerance keeps exactly-uniform weights (all 1/k in float32) at the 1/k threshold.
-    kept = [j for j, v in enumerate(w.tolist()) if v >= threshold * (1 - 1e-6)]
-    if not kept and not allow_zero_rank:
-        kept = [int(torch.argmax(w))]
-    return kept
 
 
 @dataclass
@@ -42,50 +28,70 @@ class RankResult:
 
     ranks: dict[str, int]
     k: int
-    threshold: float
+    threshold: float | None
     allow_zero_rank: bool
     weights: dict[str, list[float]] = field(default_factory=dict)   # final softmax weights per module
     kept: dict[str, list[int]] = field(default_factory=dict)        # kept component indices per module
+    rule: str = "threshold"
+    budget: dict | None = None                                      # RankBudget.to_dict() of a budgeted rule
+    importance: dict[str, list[float]] = field(default_factory=dict)  # component contributions per module
 
     def to_dict(self) -> dict:
         return {"format_version": RANKS_FORMAT_VERSION, "k": self.k, "threshold": self.threshold,
-                "allow_zero_rank": self.allow_zero_rank, "ranks": self.ranks, "weights": self.weights,
-                "kept": self.kept}
+                "allow_zero_rank": self.allow_zero_rank, "rule": self.rule, "budget": self.budget,
+                "ranks": self.ranks, "weights": self.weights, "kept": self.kept, "importance": self.importance}
 
     @classmethod
     def from_dict(cls, data: dict) -> "RankResult":
-        missing = [key for key in ("ranks", "k", "threshold") if key not in data]
+        missing = [key for key in ("ranks", "k") if key not in data]
         if missing:
             raise ValueError(f"ranks.json: missing key(s) {missing}; expected a file written by `autolora search`")
         ranks = {str(name): int(r) for name, r in data["ranks"].items()}
         bad = {name: r for name, r in ranks.items() if not 0 <= r <= int(data["k"])}
         if bad:
             raise ValueError(f"ranks.json: ranks must be in [0, k={data['k']}], got {bad}")
-        return cls(ranks=ranks, k=int(data["k"]), threshold=float(data["threshold"]),
+        threshold = data.get("threshold")
+        return cls(ranks=ranks, k=int(data["k"]), threshold=None if threshold is None else float(threshold),
                    allow_zero_rank=bool(data.get("allow_zero_rank", False)),
-                   weights=dict(data.get("weights", {})), kept=dict(data.get("kept", {})))
+                   weights=dict(data.get("weights", {})), kept=dict(data.get("kept", {})),
+                   rule=str(data.get("rule", "threshold")), budget=data.get("budget"),
+                   importance=dict(data.get("importance", {})))
 
     @property
     def total_rank(self) -> int:
         return sum(self.ranks.values())
 
 
-def compute_ranks(model: nn.Module, threshold: float, allow_zero_rank: bool = False) -> RankResult:
-    """Threshold the selection weights of every `GatedLoraLinear` in ``model``."""
+def compute_ranks(model: nn.Module, threshold: float | None = None, allow_zero_rank: bool = False, *,
+                  rule: str | RankRule = "threshold", budget: RankBudget | None = None) -> RankResult:
+    """Ranks of every `GatedLoraLinear` in ``model`` by ``rule`` (a registered name or a rule object).
+
+    ``threshold`` (default 1/k) configures the ``threshold`` rule; ``budget`` the budgeted ones.
+    """
     layers = gated_layers(model)
     if not layers:
         raise ValueError("compute_ranks: the model has no GatedLoraLinear layers; call inject_gated_lora first")
-    weights, kept, ranks = {}, {}, {}
-    k = None
-    for name, layer in layers.items():
-        with torch.no_grad():
-            w = torch.softmax(layer.lora_logits.detach().double(), dim=-1)
-        weights[name] = [float(v) for v in w]
-        kept[name] = select_components(w, threshold, allow_zero_rank)
-        ranks[name] = len(kept[name])
-        k = layer.k
-    return RankResult(ranks=ranks, k=k, threshold=threshold, allow_zero_rank=allow_zero_rank,
-                      weights=weights, kept=kept)
+    k = next(iter(layers.values())).k
+    if isinstance(rule, str):
+        rule = get_rank_rule(rule, threshold=threshold) if rule == "threshold" else get_rank_rule(rule)
+    evidence = model_evidence(model)
+    kept = rule.select(evidence, k, allow_zero_rank, budget)
+    used_threshold = (threshold if threshold is not None else 1.0 / k) if rule.name == "threshold" else None
+    return RankResult(ranks={name: len(v) for name, v in kept.items()}, k=k, threshold=used_threshold,
+                      allow_zero_rank=allow_zero_rank, weights={n: e.gates for n, e in evidence.items()},
+                      kept=kept, rule=rule.name, budget=budget.to_dict() if budget is not None else None,
+                      importance={n: e.contributions for n, e in evidence.items()})
+
+
+def uniform_ranks(names: list[str], rank: int, k: int | None = None) -> RankResult:
+    """The same ``rank`` for every matrix in ``names``: the uniform-LoRA baseline (``retrain --uniform-rank``)."""
+    if not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"--uniform-rank must be an integer >= 1, got {rank!r}")
+    if not names:
+        raise ValueError("uniform_ranks: no matrices to adapt; check --target-modules")
+    k = max(rank, k or rank)
+    return RankResult(ranks={name: rank for name in names}, k=k, threshold=None, allow_zero_rank=False,
+                      kept={name: list(range(rank)) for name in names}, rule="uniform")
 
 
 def save_ranks(result: RankResult, path: str | os.PathLike) -> None:

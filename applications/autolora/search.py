@@ -248,7 +248,8 @@ def search(model: nn.Module, train_dataset: Sequence, collate: Callable, config:
     engine.run()
     wall = time.perf_counter() - start
     model.eval()
-    ranks = compute_ranks(model, config.effective_threshold, config.allow_zero_rank)
+    ranks = compute_ranks(model, config.threshold, config.allow_zero_rank, rule=config.rank_rule,
+                          budget=config.budget)
     logger.info("search done in %.1fs; ranks %s", wall, list(ranks.ranks.values()))
     losses = {key: [(int(s), float(v)) for s, v in engine.history.series(key)]
               for key in ("inner_loss", "outer_loss")}
