@@ -16,9 +16,11 @@ Built in:
   ``--threshold``); every matrix decides alone, so the total rank is whatever the gates give. A concentrated
   softmax leaves *fewer* components above 1/k, so the matrix whose update is used most can get the least rank.
 - ``budget``: components compete across all matrices for a global budget (a total rank, met exactly, or a
-  parameter count, met greedily from below). A component's importance is the Frobenius norm of what it adds to
-  the weight, ``|(alpha/k) a_j| ||B[:, j]|| ||A[j, :]||`` (``score="contribution"``), or its gate alone
-  (``score="gate"``, a control: gates are normalised per matrix and say nothing across matrices).
+  parameter count, met greedily from below). The importance of a matrix's i-th component is, by ``score``:
+  ``"spectrum"`` the i-th singular value of its searched, gated update ``(alpha/k) B diag(a) A`` (how much
+  rank the update actually uses, whatever its parametrisation), ``"contribution"`` the norm of the j-th rank-1
+  term ``|(alpha/k) a_j| ||B[:, j]|| ||A[j, :]||``, or ``"gate"`` the gate a_j alone (a control: gates are
+  normalised per matrix and say nothing across matrices).
 """
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ class MatrixEvidence:
 
     gates: list[float]
     contributions: list[float]      # |scaling * a_j| * ||B[:, j]|| * ||A[j, :]||: norm of component j's update
+    singular_values: list[float]    # of the whole gated update (alpha/k) B diag(a) A, descending, length k
     in_features: int
     out_features: int
 
@@ -50,22 +53,31 @@ class MatrixEvidence:
         return self.in_features + self.out_features
 
     def scores(self, score: str) -> list[float]:
-        if score == "contribution":
-            return self.contributions
-        if score == "gate":
-            return self.gates
-        raise ValueError(f"MatrixEvidence.scores: score must be 'contribution' or 'gate', got {score!r}")
+        """Importance of each of the k components under ``score`` (one of `SCORES`)."""
+        if score not in SCORES:
+            raise ValueError(f"budget rule: score must be one of {list(SCORES)}, got {score!r}")
+        return getattr(self, SCORES[score])
+
+
+# score name -> the MatrixEvidence field it ranks by
+SCORES = {"spectrum": "singular_values", "contribution": "contributions", "gate": "gates"}
 
 
 def matrix_evidence(layer: GatedLoraLinear) -> MatrixEvidence:
     """The evidence of one `GatedLoraLinear` (in float64, detached)."""
     with torch.no_grad():
         gates = layer.gates().detach().double()
-        b_norms = layer.lora_B.detach().double().norm(dim=0)   # (k,): column j of B
-        a_norms = layer.lora_A.detach().double().norm(dim=1)   # (k,): row j of A
-        contributions = (layer.scaling * gates).abs() * b_norms * a_norms
+        A, B = layer.lora_A.detach().double(), layer.lora_B.detach().double()   # (k, in), (out, k)
+        weighted = layer.scaling * gates
+        contributions = weighted.abs() * B.norm(dim=0) * A.norm(dim=1)
+        # Singular values of B diag(w) A without forming the (out x in) matrix: B = Qb Rb, A^T = Qa Ra, so the
+        # update is Qb (Rb diag(w) Ra^T) Qa^T and shares the singular values of the (k x k) core.
+        _, r_b = torch.linalg.qr(B)
+        _, r_a = torch.linalg.qr(A.t())
+        singular = torch.linalg.svdvals((r_b * weighted) @ r_a.t())
     return MatrixEvidence(gates=[float(v) for v in gates], contributions=[float(v) for v in contributions],
-                          in_features=layer.in_features, out_features=layer.out_features)
+                          singular_values=[float(v) for v in singular], in_features=layer.in_features,
+                          out_features=layer.out_features)
 
 
 def model_evidence(model: nn.Module) -> dict[str, MatrixEvidence]:
@@ -194,7 +206,7 @@ class BudgetRule:
 
     name: ClassVar[str] = "budget"
     uses_budget: ClassVar[bool] = True
-    score: str = "contribution"
+    score: str = "spectrum"
 
     def select(self, evidence, k, allow_zero_rank, budget):
         if budget is None:

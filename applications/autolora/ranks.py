@@ -34,12 +34,14 @@ class RankResult:
     kept: dict[str, list[int]] = field(default_factory=dict)        # kept component indices per module
     rule: str = "threshold"
     budget: dict | None = None                                      # RankBudget.to_dict() of a budgeted rule
-    importance: dict[str, list[float]] = field(default_factory=dict)  # component contributions per module
+    importance: dict[str, list[float]] = field(default_factory=dict)  # per module: the scores ranked by
+    importance_score: str = "spectrum"                              # which score (autolora.rank_rules.SCORES)
 
     def to_dict(self) -> dict:
         return {"format_version": RANKS_FORMAT_VERSION, "k": self.k, "threshold": self.threshold,
                 "allow_zero_rank": self.allow_zero_rank, "rule": self.rule, "budget": self.budget,
-                "ranks": self.ranks, "weights": self.weights, "kept": self.kept, "importance": self.importance}
+                "ranks": self.ranks, "weights": self.weights, "kept": self.kept, "importance": self.importance,
+                "importance_score": self.importance_score}
 
     @classmethod
     def from_dict(cls, data: dict) -> "RankResult":
@@ -55,7 +57,8 @@ class RankResult:
                    allow_zero_rank=bool(data.get("allow_zero_rank", False)),
                    weights=dict(data.get("weights", {})), kept=dict(data.get("kept", {})),
                    rule=str(data.get("rule", "threshold")), budget=data.get("budget"),
-                   importance=dict(data.get("importance", {})))
+                   importance=dict(data.get("importance", {})),
+                   importance_score=str(data.get("importance_score", "spectrum")))
 
     @property
     def total_rank(self) -> int:
@@ -77,10 +80,11 @@ def compute_ranks(model: nn.Module, threshold: float | None = None, allow_zero_r
     evidence = model_evidence(model)
     kept = rule.select(evidence, k, allow_zero_rank, budget)
     used_threshold = (threshold if threshold is not None else 1.0 / k) if rule.name == "threshold" else None
+    score = getattr(rule, "score", "spectrum")
     return RankResult(ranks={name: len(v) for name, v in kept.items()}, k=k, threshold=used_threshold,
                       allow_zero_rank=allow_zero_rank, weights={n: e.gates for n, e in evidence.items()},
                       kept=kept, rule=rule.name, budget=budget.to_dict() if budget is not None else None,
-                      importance={n: e.contributions for n, e in evidence.items()})
+                      importance={n: e.scores(score) for n, e in evidence.items()}, importance_score=score)
 
 
 def uniform_ranks(names: list[str], rank: int, k: int | None = None) -> RankResult:
