@@ -54,18 +54,25 @@ from autolora.config import AutoLoraConfig, RetrainConfig, SearchConfig
 from autolora.data import DataConfig
 from autolora.demo import minilm_path
 from autolora.export import peft_config_dict
+from autolora.layers import linear_features
 from autolora.outputs import write_bytes_atomic, write_json_atomic
+from autolora.pipeline import target_names as adapted_matrices
+from autolora.rank_rules import model_evidence
 from autolora.ranks import RankResult, select_components
 from autolora.tasks import build_task, load_tokenizer
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
 TASKS = {"sst2": "accuracy", "cola": "matthews_correlation", "stsb": "pearson"}
-TARGETS = ["query", "value"]
+TARGETS = {"qv": ["query", "value"], "all-linear": ["all-linear"]}  # --targets -> AutoLoraConfig.target_modules
 K = 8
+BUDGET_K = 16      # autolora_budget's search: room above r = 8 for the budget rule to give a matrix more
+BUDGET_RANK = 8    # autolora_budget spends uniform r = 8's parameters
 GRID_RANKS = (1, 2, 4, 8)
-METHODS = ("autolora", "autolora_identity", "autolora_nometa", *(f"lora_r{r}" for r in GRID_RANKS),
-           "lora_shuffled", "adalora", "full")
-NEEDS_AUTOLORA = ("lora_shuffled", "adalora")  # their rank budget comes from the same seed's AutoLoRA run
+METHODS = ("autolora", "autolora_identity", "autolora_nometa", "autolora_budget", *(f"lora_r{r}" for r in GRID_RANKS),
+           "lora_shuffled", "lora_shuffled_budget", "adalora", "full")
+# method -> the method of the same seed whose searched ranks it needs (its rank budget or its ranks to permute)
+NEEDS = {"lora_shuffled": "autolora", "adalora": "autolora", "lora_shuffled_budget": "autolora_budget"}
+MODEL_DIR_ENV = "AUTOLORA_GLUE_MODEL_DIR"  # the model folder, when not the MiniLM package's (the GPU script's)
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,7 @@ class Setting:
     eval_limit: int | None = None   # score on this many evaluation rows; None = all
     calibration_fraction: float = 0.15
     lr_per_method: bool = False    # each uniform rank and AutoLoRA's retraining get their own calibrated rate
+    targets: str = "qv"            # adapted matrices (TARGETS): query and value, or every linear layer but the head
 
 
 def definition(setting: Setting, calibration: bool = False) -> dict:
@@ -151,13 +159,39 @@ def load_task(name: str, setting: Setting, tokenizer, data_dir: str = DATA_DIR):
     return task
 
 
+def model_dir() -> str:
+    """The model folder: ``$AUTOLORA_GLUE_MODEL_DIR`` (``--model-dir``) or the MiniLM package's."""
+    return os.environ.get(MODEL_DIR_ENV) or minilm_path()
+
+
 def fresh_model(task, seed: int, device):
     torch.manual_seed(seed)  # the task head is new: seed its initialisation
-    return task.load_model(minilm_path()).to(device)
+    return task.load_model(model_dir()).to(device)
 
 
-def target_names(model) -> list[str]:
-    return [n for n, _ in model.named_modules() if n.rsplit(".", 1)[-1] in TARGETS]
+def lora_config(setting: Setting, k: int = K, **rule) -> AutoLoraConfig:
+    """The AutoLoRA config of ``setting``'s targets (``rule``: rank_rule and its budget)."""
+    return AutoLoraConfig(k=k, target_modules=TARGETS[setting.targets], modules_to_save=["classifier"], **rule)
+
+
+def target_names(model, setting: Setting) -> list[str]:
+    """The matrices ``setting`` adapts, in model order."""
+    return adapted_matrices(model, lora_config(setting))
+
+
+def target_shapes(model, setting: Setting) -> dict[str, tuple[int, int]]:
+    """Adapted matrix -> (in_features, out_features)."""
+    modules = dict(model.named_modules())
+    return {name: linear_features(modules[name]) for name in target_names(model, setting)}
+
+
+def equal_budget(shapes: dict[str, tuple[int, int]], rank: int = BUDGET_RANK) -> dict:
+    """The budget rule's budget that buys uniform rank ``rank``'s parameters on matrices of ``shapes``: a total
+    rank when every matrix has the same shape (met exactly), else a parameter count (rank x sum of in + out, met
+    from below), as AutoLoraConfig fields."""
+    if len(set(shapes.values())) == 1:
+        return {"rank_budget": rank * len(shapes)}
+    return {"parameter_budget": rank * sum(i + o for i, o in shapes.values())}
 
 
 def retrain_config(setting: Setting, lr: float, seed: int) -> RetrainConfig:
@@ -170,12 +204,12 @@ def train_lora(task, ranks: int | list[int] | dict[str, int], lr: float, seed: i
     name) trained on ``train``."""
     model = fresh_model(task, seed, device)
     if isinstance(ranks, int):
-        ranks = {n: ranks for n in target_names(model)}
+        ranks = {n: ranks for n in target_names(model, setting)}
     elif isinstance(ranks, list):
-        ranks = dict(zip(target_names(model), ranks, strict=True))
-    exported = peft_config_dict(RankResult(ranks=ranks, k=K, threshold=1.0 / K, allow_zero_rank=False),
-                                AutoLoraConfig(k=K, target_modules=TARGETS), modules_to_save=["classifier"],
-                                task_kind=task.kind)
+        ranks = dict(zip(target_names(model, setting), ranks, strict=True))
+    k = max(K, *ranks.values())
+    exported = peft_config_dict(RankResult(ranks=ranks, k=k, threshold=None, allow_zero_rank=False),
+                                lora_config(setting, k), modules_to_save=["classifier"], task_kind=task.kind)
     return retrain_module.retrain(model, exported, train, task.collate, retrain_config(setting, lr, seed),
                                   progress=False)
 
@@ -190,9 +224,10 @@ def train_adalora(task, target_r: int, lr: float, seed: int, setting: Setting, d
 
     model = fresh_model(task, seed, device)
     steps = setting.steps
-    config = AdaLoraConfig(init_r=K, target_r=target_r, lora_alpha=16, lora_dropout=0.1, target_modules=TARGETS,
-                           modules_to_save=["classifier"], task_type="SEQ_CLS", total_step=steps,
-                           tinit=max(1, steps // 10), tfinal=max(1, steps // 5), deltaT=max(1, steps // 20))
+    config = AdaLoraConfig(init_r=K, target_r=target_r, lora_alpha=16, lora_dropout=0.1,
+                           target_modules=target_names(model, setting), modules_to_save=["classifier"],
+                           task_type="SEQ_CLS", total_step=steps, tinit=max(1, steps // 10),
+                           tfinal=max(1, steps // 5), deltaT=max(1, steps // 20))
     peft_model = get_peft_model(model, config).to(device)
 
     def allocate(m, step):
@@ -205,24 +240,31 @@ def train_adalora(task, target_r: int, lr: float, seed: int, setting: Setting, d
 def autolora(task, variant: str, search_lr: float, retrain_lr: float, seed: int, setting: Setting, device,
              train=None):
     """Search then retrain, both on ``train`` (default: the training file); returns (retrain result, search
-    result)."""
+    result, what the search left per matrix)."""
     train = task.train if train is None else train
-    found = run_search(task, variant, search_lr, seed, setting, setting.search_steps, device, train=train)
-    return train_lora(task, found.ranks.ranks, retrain_lr, seed, setting, train, device), found
+    found, evidence = run_search(task, variant, search_lr, seed, setting, setting.search_steps, device, train=train)
+    return train_lora(task, found.ranks.ranks, retrain_lr, seed, setting, train, device), found, evidence
 
 
 def run_search(task, variant: str, lr: float, seed: int, setting: Setting, steps: int, device,
                record_every: int = 10, train=None):
     """AutoLoRA's rank search alone (``variant`` as in METHODS), on ``train`` (default: the training file), for
-    ``steps`` steps; the gate weights are recorded every ``record_every`` steps."""
+    ``steps`` steps; the gate weights are recorded every ``record_every`` steps. ``autolora_budget`` searches
+    with k = 16 and reads the ranks with the budget rule at uniform r = 8's parameters. Returns the search result
+    and what the search left in each matrix (gates, component contributions, the update's singular values, shape:
+    `autolora.rank_rules.MatrixEvidence` as a dict), from which any rank rule can be applied again later."""
     method = {"autolora": {}, "autolora_identity": {"method": "identity_implicit"},
-              "autolora_nometa": {"selection_split": "train"}}[variant]
+              "autolora_nometa": {"selection_split": "train"}, "autolora_budget": {}}[variant]
     search_config = SearchConfig(max_steps=steps, batch_size=setting.batch_size, learning_rate=lr,
                                  alpha_learning_rate=setting.gate_lr, seed=seed, record_every=record_every,
                                  **method)
     model = fresh_model(task, seed, device)
-    return search_module.search(model, task.train if train is None else train, task.collate,
-                                AutoLoraConfig(k=K, target_modules=TARGETS), search_config, progress=False)
+    config = lora_config(setting)
+    if variant == "autolora_budget":
+        config = lora_config(setting, BUDGET_K, rank_rule="budget", **equal_budget(target_shapes(model, setting)))
+    found = search_module.search(model, task.train if train is None else train, task.collate, config,
+                                 search_config, progress=False)
+    return found, {name: dataclasses.asdict(e) for name, e in model_evidence(model).items()}
 
 
 # ---------------------------------------------------------------------------------------------------- calibration
@@ -330,7 +372,7 @@ def search_probe(name: str, task, setting: Setting, lr: float, out: str, device,
     weights = {}                                   # seed -> matrix -> [gate weights at each recorded step]
     for seed in seeds:
         start = time.perf_counter()
-        found = run_search(task, "autolora", lr, seed, setting, steps, device, record_every)
+        found, _ = run_search(task, "autolora", lr, seed, setting, steps, device, record_every)
         weights[seed], recorded = found.trajectory.weights, found.trajectory.steps
         print(f"  probe {name} seed {seed}: {steps} search steps in {time.perf_counter() - start:.0f} s", flush=True)
     rows = []
@@ -356,6 +398,23 @@ def shuffled_ranks(ranks: list[int], seed: int) -> list[int]:
     return random.Random(seed).sample(ranks, k=len(ranks))
 
 
+def shuffled_within_shapes(ranks: list[int], shapes: list[tuple[int, int]], seed: int) -> list[int]:
+    """``ranks`` randomly permuted among the matrices of the same shape (``shapes``: (in, out) per matrix, in the
+    same order), the permutation fixed by ``seed``: the searched placement undone at exactly the searched
+    parameter count (the ``lora_shuffled_budget`` control). With one shape this is `shuffled_ranks`."""
+    if len(ranks) != len(shapes):
+        raise ValueError(f"shuffled_within_shapes: {len(ranks)} ranks but {len(shapes)} shapes")
+    groups: dict[tuple[int, int], list[int]] = {}          # shape -> indices of its matrices, in model order
+    for index, shape in enumerate(shapes):
+        groups.setdefault(tuple(shape), []).append(index)
+    out = list(ranks)
+    rng = random.Random(seed)
+    for indices in groups.values():
+        for index, rank in zip(indices, rng.sample([ranks[i] for i in indices], k=len(indices))):
+            out[index] = rank
+    return out
+
+
 def run_one(name: str, method: str, seed: int, task, lrs: dict, setting: Setting, done: dict, device) -> dict:
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {list(METHODS)}")
@@ -363,13 +422,30 @@ def run_one(name: str, method: str, seed: int, task, lrs: dict, setting: Setting
     record = {"task": name, "method": method, "seed": seed}
     search_wall, ranks = 0.0, None
     if method.startswith("autolora"):
-        result, found = autolora(task, method, lrs["lora_lr"], lr, seed, setting, device)
+        result, found, evidence = autolora(task, method, lrs["lora_lr"], lr, seed, setting, device)
         search_wall, ranks = found.wall_time_s, list(found.ranks.ranks.values())
-        record.update(search_steps=found.steps)
+        names = list(found.ranks.ranks)
+
+        def per_matrix(field: str) -> dict:
+            return {n: [float(f"{v:.6g}") for v in evidence[n][field]] for n in names}
+
+        # what the search left, so that another rank rule can be applied to it later (autolora.rank_rules)
+        record.update(search_steps=found.steps, k=found.ranks.k, rank_rule=found.ranks.rule,
+                      budget=found.ranks.budget, importance_score=getattr(found.ranks, "importance_score", None),
+                      matrices=names, shapes=[[evidence[n]["in_features"], evidence[n]["out_features"]]
+                                              for n in names],
+                      gates=per_matrix("gates"), contributions=per_matrix("contributions"),
+                      importance={n: [float(f"{v:.6g}") for v in found.ranks.importance[n]] for n in names})
+        if "singular_values" in evidence[names[0]]:
+            record.update(singular_values=per_matrix("singular_values"))
     elif method.startswith("lora_r"):
         result = train_lora(task, int(method[len("lora_r"):]), lr, seed, setting, task.train, device)
     elif method == "lora_shuffled":
         ranks = shuffled_ranks(done[(name, "autolora", seed)]["ranks"], seed)
+        result = train_lora(task, ranks, lr, seed, setting, task.train, device)
+    elif method == "lora_shuffled_budget":
+        reference = done[(name, "autolora_budget", seed)]
+        ranks = shuffled_within_shapes(reference["ranks"], reference["shapes"], seed)
         result = train_lora(task, ranks, lr, seed, setting, task.train, device)
     elif method == "adalora":
         reference = done[(name, "autolora", seed)]
@@ -434,7 +510,8 @@ def render_table(records: list[dict], setting_name: str, setting: Setting, calib
     lines = [f"Setting `{setting_name}`: {setting.steps} steps of batch {setting.batch_size} per final model, "
              f"AutoLoRA search {setting.search_steps} steps, max length {setting.max_length}, seeds "
              f"{list(setting.seeds)}, "
-             f"{'a learning rate per method' if setting.lr_per_method else 'one LoRA learning rate'}.", ""]
+             f"{'a learning rate per method' if setting.lr_per_method else 'one LoRA learning rate'}, targets "
+             f"{setting.targets} ({', '.join(TARGETS[setting.targets])}).", ""]
     for name in tasks:
         metric = TASKS[name]
         lrs = calibration.get(name, {})
@@ -442,12 +519,15 @@ def render_table(records: list[dict], setting_name: str, setting: Setting, calib
                   "adalora": "AdaLoRA", "autolora": "AutoLoRA retraining"}
         rates = ", ".join(f"{labels.get(family, family)} lr {lrs[key]}" for family, (key, _) in FAMILIES.items()
                           if key in lrs)
+        # the column of paired differences is against AutoLoRA, or its budgeted variant when AutoLoRA did not run
+        anchor = "autolora" if by.get((name, "autolora")) or not by.get((name, "autolora_budget")) else \
+            "autolora_budget"
         lines += [f"**{name}** ({metric}{' and spearmanr' if name == 'stsb' else ''}; {rates}, each chosen on "
                   "held-out training rows)", "",
-                  f"| method | seeds | {metric} mean +- std | vs autolora (paired, 95% CI) | "
+                  f"| method | seeds | {metric} mean +- std | vs {anchor} (paired, 95% CI) | "
                   f"{'spearmanr | ' if name == 'stsb' else ''}trainable params | wall s (search + train) | ranks |",
                   "|---|---|---|---|" + ("---|" if name == "stsb" else "") + "---|---|---|"]
-        reference = {r["seed"]: r["metrics"][metric] for r in by.get((name, "autolora"), [])}
+        reference = {r["seed"]: r["metrics"][metric] for r in by.get((name, anchor), [])}
         for method in METHODS:
             runs = by.get((name, method))
             if not runs:
@@ -463,7 +543,7 @@ def render_table(records: list[dict], setting_name: str, setting: Setting, calib
                 ranks = f"mean {statistics.fmean(r['mean_rank'] for r in runs):.2f}{_rank_agreement(runs)}"
             elif "target_r" in runs[0]:
                 ranks = f"target_r {runs[0]['target_r']}"
-            versus = "-" if method == "autolora" else _versus({r["seed"]: r["metrics"][metric] for r in runs},
+            versus = "-" if method == anchor else _versus({r["seed"]: r["metrics"][metric] for r in runs},
                                                               reference)
             lines.append(f"| {method} | {len(runs)} | {mean:.3f} +- {std:.3f} | {versus} | {spear}"
                          f"{statistics.fmean(r['trainable'] for r in runs):,.0f} | "
@@ -494,10 +574,13 @@ def _seed_averages(by: dict, tasks: list[str], method: str) -> dict[int, float]:
 
 
 def _summary(by: dict, tasks: list[str]) -> list[str]:
-    """Average over tasks, the targets, and the cost of the grid against one AutoLoRA run."""
+    """Average over tasks, the targets, and the cost of the grid against one AutoLoRA run; the equal-budget
+    comparison when autolora_budget ran."""
     complete = [m for m in METHODS if all(by.get((t, m)) for t in tasks)]
-    if not tasks or "autolora" not in complete:
+    if not tasks:
         return []
+    if "autolora" not in complete:
+        return _equal_budget_summary(by, tasks, complete)
     average = {m: _task_mean(by, tasks, m, lambda r, t: r["metrics"][TASKS[t]]) for m in complete}
     params = {m: _task_mean(by, tasks, m, lambda r, t: r["trainable"]) for m in complete}
     wall = {m: _task_mean(by, tasks, m, lambda r, t: r["wall_s"]) for m in complete}
@@ -527,6 +610,26 @@ def _summary(by: dict, tasks: list[str]) -> list[str]:
         versus = _versus(_seed_averages(by, tasks, "autolora"), _seed_averages(by, tasks, "lora_shuffled"))
         lines.append(f"- The search against a random placement of the same ranks: autolora {average['autolora']:.3f}, "
                      f"lora_shuffled {average['lora_shuffled']:.3f}; autolora - lora_shuffled = {versus}.")
+    return lines + _equal_budget_summary(by, tasks, complete, header=False)
+
+
+def _equal_budget_summary(by: dict, tasks: list[str], complete: list[str], header: bool = True) -> list[str]:
+    """autolora_budget against uniform r = 8 and against its own ranks shuffled among same-shape matrices: all
+    three at (nearly) the same parameter count."""
+    if "autolora_budget" not in complete:
+        return []
+    average = {m: _task_mean(by, tasks, m, lambda r, t: r["metrics"][TASKS[t]]) for m in complete}
+    params = {m: _task_mean(by, tasks, m, lambda r, t: r["trainable"]) for m in complete}
+    lines = ["**Equal budget** (average of the primary metric over " + ", ".join(tasks) + ")", "",
+             "| method | average | trainable params (mean over tasks) |", "|---|---|---|"] if header else []
+    lines += [f"| {m} | {average[m]:.3f} | {params[m]:,.0f} |" for m in complete if header]
+    lines += [""] if header else []
+    for other in ("lora_r8", "lora_shuffled_budget"):
+        if other in complete:
+            versus = _versus(_seed_averages(by, tasks, "autolora_budget"), _seed_averages(by, tasks, other))
+            lines.append(f"- autolora_budget {average['autolora_budget']:.3f} ({params['autolora_budget']:,.0f} "
+                         f"params) vs {other} {average[other]:.3f} ({params[other]:,.0f} params): "
+                         f"autolora_budget - {other} = {versus}.")
     return lines
 
 
@@ -559,13 +662,18 @@ def reusable_records(folder: str, setting_name: str, setting: Setting, calibrati
 
 def run(setting_name: str, tasks: list[str], out: str, methods: list[str] | None = None,
         seeds: list[int] | None = None, data_dir: str = DATA_DIR, lr_per_method: bool = False,
-        reuse: str | None = None) -> list[dict]:
+        reuse: str | None = None, targets: str = "qv") -> list[dict]:
     """Run (or continue) the benchmark; returns every finished record. ``reuse``: a results folder of the same
     setting under the other learning-rate protocol whose runs at the same rate are taken over instead of rerun."""
-    setting = dataclasses.replace(SETTINGS[setting_name], lr_per_method=lr_per_method)
+    if targets not in TARGETS:
+        raise ValueError(f"autolora_glue: --targets {targets!r} is not one of {list(TARGETS)}")
+    setting = dataclasses.replace(SETTINGS[setting_name], lr_per_method=lr_per_method, targets=targets)
     if seeds:
         setting = dataclasses.replace(setting, seeds=tuple(seeds))
     methods = methods or list(METHODS)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"autolora_glue: unknown method(s) {unknown}; valid: {list(METHODS)}")
     if not os.path.isdir(data_dir):
         raise FileNotFoundError(f"autolora_glue: no benchmark data at {os.path.abspath(data_dir)}; pass --data-dir")
     os.makedirs(out, exist_ok=True)
@@ -575,7 +683,7 @@ def run(setting_name: str, tasks: list[str], out: str, methods: list[str] | None
     for record in records:
         _check_definition(record.get("definition"), setting, runs_path)
     done = {(r["task"], r["method"], r["seed"]): r for r in records}
-    tokenizer = load_tokenizer(minilm_path())
+    tokenizer = load_tokenizer(model_dir())
     loaded = {name: load_task(name, setting, tokenizer, data_dir) for name in tasks}
     families = families_for(methods, setting.lr_per_method)
     calibration = {name: calibrate(name, loaded[name], setting, out, device, families) for name in tasks}
@@ -590,7 +698,7 @@ def run(setting_name: str, tasks: list[str], out: str, methods: list[str] | None
             for method in methods:
                 if (name, method, seed) in done:
                     continue
-                if method in NEEDS_AUTOLORA and (name, "autolora", seed) not in done:
+                if method in NEEDS and (name, NEEDS[method], seed) not in done:
                     continue
                 start = time.perf_counter()
                 source = previous.get((name, method, seed))
@@ -628,6 +736,13 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore")
 
 
+def default_out(setting_name: str, lr_per_method: bool = False, targets: str = "qv") -> str:
+    """bench/results/autolora_glue_<setting>[_lr_per_method][_all-linear]: qv keeps the folders it always had."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                        f"autolora_glue_{setting_name}{'_lr_per_method' if lr_per_method else ''}"
+                        f"{'' if targets == 'qv' else '_' + targets}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--setting", choices=sorted(SETTINGS), default="smoke")
@@ -650,30 +765,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse", default=None, metavar="FOLDER",
                         help="results folder of the same setting under the other learning-rate protocol: its runs "
                              "at the rate this protocol gives the method are taken over instead of rerun")
+    parser.add_argument("--targets", choices=list(TARGETS), default="qv",
+                        help="adapted matrices: qv = query and value; all-linear = every linear layer but the head "
+                             "(PEFT's convention)")
+    parser.add_argument("--model-dir", default=None,
+                        help=f"model folder (default ${MODEL_DIR_ENV}, else the MiniLM package's folder)")
     parser.add_argument("--out", default=None, help="results folder (default bench/results/autolora_glue_<setting>, "
-                                                    "with _lr_per_method appended under --lr-per-method)")
+                                                    "with _lr_per_method appended under --lr-per-method and "
+                                                    "_all-linear under --targets all-linear)")
     args = parser.parse_args(argv)
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                   f"autolora_glue_{args.setting}{'_lr_per_method' if args.lr_per_method else ''}")
+    out = args.out or default_out(args.setting, args.lr_per_method, args.targets)
+    if args.model_dir:
+        if not os.path.isfile(os.path.join(args.model_dir, "config.json")):
+            raise FileNotFoundError(f"autolora_glue: --model-dir {args.model_dir}: no config.json there")
+        os.environ[MODEL_DIR_ENV] = args.model_dir
     quiet_libraries()
     if args.find_budget:
-        setting = SETTINGS[args.setting]
+        setting = dataclasses.replace(SETTINGS[args.setting], targets=args.targets)
         os.makedirs(out, exist_ok=True)
-        task = load_task(args.find_budget, setting, load_tokenizer(minilm_path()), args.data_dir)
+        task = load_task(args.find_budget, setting, load_tokenizer(model_dir()), args.data_dir)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         find_budget(args.find_budget, task, setting, out, device, tuple(args.multiples))
         return 0
     if args.search_probe:
-        setting = SETTINGS[args.setting]
+        setting = dataclasses.replace(SETTINGS[args.setting], targets=args.targets)
         os.makedirs(out, exist_ok=True)
-        task = load_task(args.search_probe, setting, load_tokenizer(minilm_path()), args.data_dir)
+        task = load_task(args.search_probe, setting, load_tokenizer(model_dir()), args.data_dir)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         lr = calibrate(args.search_probe, task, setting, out, device, ["lora_r8"])["lora_lr"]
         search_probe(args.search_probe, task, setting, lr, out, device, args.probe_steps,
                      tuple(args.seeds or setting.seeds))
         return 0
     records = run(args.setting, args.tasks or list(SETTINGS[args.setting].tasks), out, args.methods, args.seeds,
-                  args.data_dir, args.lr_per_method, args.reuse)
+                  args.data_dir, args.lr_per_method, args.reuse, args.targets)
     print(open(os.path.join(out, "table.md"), encoding="utf-8").read() if records else "no runs")
     return 0
 
