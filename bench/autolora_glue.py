@@ -7,9 +7,14 @@ training data, and is scored on the task's evaluation file, which nothing here e
 - ``autolora_identity``: the same with the original code's identity-inverse-Hessian hypergradient;
 - ``autolora_nometa``: the paper's ablation without meta learning (selection logits trained jointly with the
   LoRA weights on the training data), then the same retraining;
-- ``lora_r1`` ... ``lora_r8``: uniform PEFT LoRA on the same targets (query, value), the grid AutoLoRA replaces;
+- ``autolora_budget``: the search with k = 16, its ranks read by the ``budget`` rule at uniform r = 8's parameter
+  count (a total rank of 8 per matrix when all targets have one shape, else 8 x the sum of in + out), then the
+  same retraining: AutoLoRA's placement at r = 8's budget;
+- ``lora_r1`` ... ``lora_r8``: uniform PEFT LoRA on the same targets, the grid AutoLoRA replaces;
 - ``lora_shuffled``: the control for the search itself: PEFT LoRA with this seed's AutoLoRA ranks randomly
   permuted across the target matrices (same rank budget, same parameter count, placement not searched);
+- ``lora_shuffled_budget``: the same control for ``autolora_budget``, its ranks permuted only among matrices of
+  the same shape, so the parameter count stays exactly the same;
 - ``adalora``: PEFT AdaLoRA with init_r = k and target_r = the mean rank AutoLoRA found for this task and seed;
 - ``full``: full fine-tuning.
 
@@ -19,6 +24,12 @@ other 15%; the best LoRA rate serves every LoRA-family method (grid, AutoLoRA se
 their own family. With ``--lr-per-method`` every uniform rank and AutoLoRA's retraining (after a search on the
 same 85%) get their own rate the same way; the search keeps r = 8's rate, since its k = 8 components train at r = 8's
 scaling. The search's gate learning rate and length are fixed by the setting, never tuned.
+
+The targets are query and value (``--targets qv``, the default) or every linear layer but the head
+(``--targets all-linear``, results in their own folder). Each searched run also records what the search left in
+every matrix (gates, component contributions, singular values of the gated update, shape), so that another rank
+rule can be applied to it later. ``--model-dir`` (or ``$AUTOLORA_GLUE_MODEL_DIR``) and ``--data-dir`` point the
+benchmark at a copied model and data (bench/gpu_equal_budget.py does, on a GPU machine).
 
 Results go to ``<out>/runs.jsonl`` (one line per finished run, so a stopped run keeps what finished and a rerun
 skips it) and ``<out>/table.md`` (rewritten after every run): mean +- std over seeds of the metric, trainable
@@ -31,6 +42,8 @@ one AutoLoRA run.
         lora_shuffled                                  # STS-B with a 90-step search: about 2 hours
     python bench/autolora_glue.py --setting cpu_long --lr-per-method --methods autolora lora_r8 lora_shuffled \
         lora_r4 lora_r2                                # the same, every method at its own calibrated rate
+    python bench/autolora_glue.py --setting cpu_long --methods autolora_budget lora_r8 lora_shuffled_budget \
+        [--targets all-linear]                         # the equal-budget comparison
     python bench/autolora_glue.py --setting gpu        # full training sets, longer training, on a GPU
 """
 from __future__ import annotations
