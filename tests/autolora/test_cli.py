@@ -1,5 +1,6 @@
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -108,3 +109,53 @@ def test_search_is_reproducible_when_the_head_is_new(tiny_dir, tmp_path):
         assert main(["search", *args, "--search-max-steps", "3", "--search-batch-size", "8"]) == 0
         weights.append(json.loads((out / "ranks.json").read_text()))
     assert weights[0] == weights[1]
+
+
+def test_budget_rule_on_all_linear_meets_the_budget_and_round_trips_through_peft(tiny_dir, tmp_path):
+    """--rank-rule budget over every linear layer: 13 matrices, total rank 20 exactly, zero rank where it says."""
+    out = tmp_path / "budget"
+    args = ["run", *common(tiny_dir, out), "--target-modules", "all-linear", "--rank-rule", "budget",
+            "--rank-budget", "20", "--allow-zero-rank", "--search-max-steps", "4", "--search-batch-size", "8",
+            "--retrain-max-steps", "2", "--retrain-batch-size", "8"]
+    assert main(args) == 0
+    ranks = json.loads((out / "ranks.json").read_text())
+    assert len(ranks["ranks"]) == 13 and sum(ranks["ranks"].values()) == 20
+    assert ranks["rule"] == "budget" and ranks["budget"]["total_rank"] == 20
+    from transformers import AutoModelForSequenceClassification
+
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_dir / "model")
+    loaded = PeftModel.from_pretrained(base, out / "adapter")
+    adapted = {name.removeprefix("base_model.model."): module.r["default"] for name, module in loaded.named_modules()
+               if hasattr(module, "r") and isinstance(module.r, dict) and "default" in module.r}
+    assert adapted == {name: r for name, r in ranks["ranks"].items() if r > 0}
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--rank-rule", "budget", "--rank-budget", "3"], r"--rank-budget must be in \[4, 16\]"),
+    (["--rank-rule", "budget", "--rank-budget", "17"], r"--rank-budget must be in \[4, 16\]"),
+    (["--rank-rule", "bogus"], r"not a rank rule; valid: budget, threshold"),
+    (["--target-modules", "q_proj"], r"matches no nn.Linear"),
+])
+def test_bad_rule_settings_fail_in_one_line_and_write_nothing(tiny_dir, tmp_path, capsys, flags, message):
+    out = tmp_path / "refused"
+    try:   # a config error is argparse's usage error (exit 2), a model-dependent one returns 1
+        code = main(["search", *common(tiny_dir, out), "--search-max-steps", "2", *flags])
+    except SystemExit as stop:
+        code = stop.code
+    assert code in (1, 2)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert re.search(message, err[-1]), err
+    assert not out.exists()   # nothing half-written: the corrected rerun needs no --overwrite
+
+
+def test_retrain_uniform_rank_is_the_uniform_baseline(tiny_dir, tmp_path):
+    out = tmp_path / "uniform"
+    assert main(["retrain", *common(tiny_dir, out), "--uniform-rank", "3", "--retrain-max-steps", "2",
+                 "--retrain-batch-size", "8"]) == 0
+    ranks = json.loads((out / "ranks.json").read_text())
+    assert set(ranks["ranks"].values()) == {3} and len(ranks["ranks"]) == 4 and ranks["rule"] == "uniform"
+    peft_config = json.loads((out / "peft_config.json").read_text())
+    assert peft_config["r"] == 3 and not peft_config["rank_pattern"]
+    assert (out / "adapter" / "adapter_config.json").exists()
+    assert main(["retrain", *common(tiny_dir, tmp_path / "both"), "--uniform-rank", "3", "--ranks",
+                 str(out / "ranks.json")]) == 1
