@@ -287,6 +287,22 @@ def paired(a: list[float], b: list[float]) -> str:
     return f"{statistics.fmean(d):+.4f} +- {half:.4f} ({verdict})"
 
 
+def paired_ratio(a: list[float], b: list[float]) -> str:
+    """Geometric mean of a / b with its paired 95% t interval (on log a - log b), and whether it excludes 1.
+
+    The loss left by a placement is a fraction of the planted change, and how large that fraction can get
+    differs several-fold between seeds (teachers); a ratio compares placements on each seed's own scale, as the
+    discrimination check does.
+    """
+    d = [math.log(x / y) for x, y in zip(a, b)]
+    mean = statistics.fmean(d)
+    if len(d) < 2:
+        return f"{math.exp(mean):.3f} (1 seed)"
+    half = T_975.get(len(d) - 1, 1.96) * statistics.stdev(d) / math.sqrt(len(d))
+    verdict = "beyond noise" if abs(mean) > half else "within noise"
+    return f"{math.exp(mean):.3f} [{math.exp(mean - half):.3f}, {math.exp(mean + half):.3f}] ({verdict})"
+
+
 def table(records: list[dict], setting: Setting) -> str:
     seeds = [r["seed"] for r in records]
     lines = [f"Setting: {json.dumps(setting.__dict__)}; seeds {seeds}; wall s per seed "
@@ -294,28 +310,35 @@ def table(records: list[dict], setting: Setting) -> str:
              "Discrimination check (eval loss = fraction of the planted change unexplained; lower is better):", ""]
     for r in records:
         o, u = r["rows"]["oracle"]["eval_loss"], r["rows"]["uniform"]["eval_loss"]
-        lines.append(f"- seed {r['seed']}: oracle {o:.4f}, uniform {u:.4f}"
+        lines.append(f"- seed {r['seed']}: oracle {o:.4f}, uniform {u:.4f} (ratio {o / u:.2f})"
                      f"{'' if o < 0.8 * u else '  **no clear win: verdicts mean nothing**'}")
-    lines += ["", "| row | AUC mean +- std | Spearman mean | eval loss mean | vs uniform (paired 95%) | "
-              "vs its shuffle (paired 95%) |", "|---|---|---|---|---|---|"]
+    lines += ["", "| row | AUC mean +- std | Spearman mean | eval loss mean | loss / uniform: geometric mean "
+              "[paired 95%] | loss / its shuffle: geometric mean [paired 95%] | loss - uniform (paired 95%) | "
+              "loss - its shuffle (paired 95%) |", "|---|---|---|---|---|---|---|---|"]
     labels = [label for label in records[0]["rows"] if not label.endswith("_shuffled")]
+    uniform = [r["rows"]["uniform"]["eval_loss"] for r in records]
     for label in labels:
         rows = [r["rows"][label] for r in records]
         losses = [row["eval_loss"] for row in rows]
-        uniform = [r["rows"]["uniform"]["eval_loss"] for r in records]
         if "auc" in rows[0]:
             aucs = [row["auc"] for row in rows]
             auc_text = f"{statistics.fmean(aucs):.3f} +- {statistics.stdev(aucs) if len(aucs) > 1 else 0:.3f}"
             rhos = [row["spearman"] for row in rows if not math.isnan(row["spearman"])]
             rho_text = f"{statistics.fmean(rhos):+.3f}" if rhos else "-"
             shuffle = [r["rows"][label + "_shuffled"]["eval_loss"] for r in records]
-            versus_shuffle = paired(losses, shuffle)
+            shuffle_ratio, shuffle_difference = paired_ratio(losses, shuffle), paired(losses, shuffle)
         else:
-            auc_text, rho_text, versus_shuffle = "-", "-", "-"
-        versus_uniform = "-" if label == "uniform" else paired(losses, uniform)
-        lines.append(f"| {label} | {auc_text} | {rho_text} | {statistics.fmean(losses):.4f} | {versus_uniform} | "
-                     f"{versus_shuffle} |")
-    lines += ["", "Negative differences favour the row (lower loss). Per-seed ranks and losses: seed_<N>.json."]
+            auc_text, rho_text, shuffle_ratio, shuffle_difference = "-", "-", "-", "-"
+        equal_total = all(sum(r["rows"][label]["ranks"]) == sum(r["rows"]["uniform"]["ranks"]) for r in records)
+        if label == "uniform":
+            uniform_ratio = uniform_difference = "-"
+        elif equal_total:
+            uniform_ratio, uniform_difference = paired_ratio(losses, uniform), paired(losses, uniform)
+        else:
+            uniform_ratio = uniform_difference = "n/a: another total rank"
+        lines.append(f"| {label} | {auc_text} | {rho_text} | {statistics.fmean(losses):.4f} | {uniform_ratio} | "
+                     f"{shuffle_ratio} | {uniform_difference} | {shuffle_difference} |")
+    lines += ["", "Below 1 (ratios) or 0 (differences) favours the row. Per-seed ranks and losses: seed_<N>.json."]
     return "\n".join(lines) + "\n"
 
 
