@@ -77,11 +77,12 @@ class AutoLoraConfig(_JsonConfig):
     allow_zero_rank: bool = field(default=False, metadata={
         "help": "Allow rank 0 (drop the matrix) when no component passes the threshold; by default every "
                 "matrix keeps at least its strongest component."})
-    rank_rule: str = field(default="threshold", metadata={
+    rank_rule: str | None = field(default=None, metadata={
         "help": "How ranks are read off the search: 'threshold' = AutoLoRA's rule (per matrix, components with "
-                "softmax weight >= --threshold); 'budget' = the most important components across all matrices "
-                "until --rank-budget or --parameter-budget is spent (search with k above the largest rank you "
-                "may keep). Rules are registered in autolora.rank_rules."})
+                "softmax weight >= --threshold); 'budget' = the components whose searched updates carry the most "
+                "across all matrices, until --rank-budget or --parameter-budget is spent (search with k above the "
+                "largest rank you may keep). Default: budget when a budget is given, else threshold. Rules are "
+                "registered in autolora.rank_rules."})
     rank_budget: int | None = field(default=None, metadata={
         "help": "Total rank over all adapted matrices for a budgeted --rank-rule (e.g. 8 x matrices = the "
                 "parameters of uniform r = 8); met exactly."})
@@ -117,12 +118,14 @@ class AutoLoraConfig(_JsonConfig):
     def _check_rank_rule(self) -> None:
         from .rank_rules import get_rank_rule
 
-        rule = get_rank_rule(self.rank_rule)   # an unknown name lists the valid ones
         for flag, value in (("--rank-budget", self.rank_budget), ("--parameter-budget", self.parameter_budget)):
             if value is not None and not (isinstance(value, int) and value >= 1):
                 raise ValueError(f"{flag} must be an integer >= 1, got {value!r}")
         given = [flag for flag, value in (("--rank-budget", self.rank_budget),
                                           ("--parameter-budget", self.parameter_budget)) if value is not None]
+        if self.rank_rule is None:   # a budget asks for the budgeted rule; without one, the paper's rule
+            self.rank_rule = "budget" if given else "threshold"
+        rule = get_rank_rule(self.rank_rule)   # an unknown name lists the valid ones
         if rule.uses_budget and len(given) != 1:
             raise ValueError(f"--rank-rule {self.rank_rule} needs exactly one of --rank-budget and "
                              f"--parameter-budget, got {given or 'neither'}")

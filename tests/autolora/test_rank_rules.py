@@ -142,13 +142,19 @@ def test_budget_range_errors_name_the_valid_range():
     ({"rank_rule": "bogus"}, r"--rank-rule 'bogus' is not a rank rule; valid: budget, threshold"),
     ({"rank_rule": "budget"}, r"needs exactly one of --rank-budget and --parameter-budget"),
     ({"rank_rule": "budget", "rank_budget": 8, "parameter_budget": 100}, r"needs exactly one of"),
-    ({"rank_budget": 8}, r"--rank-budget applies to a budgeted --rank-rule"),
+    ({"rank_rule": "threshold", "rank_budget": 8}, r"--rank-budget applies to a budgeted --rank-rule"),
     ({"rank_rule": "budget", "rank_budget": 8, "threshold": 0.2}, r"--threshold applies to --rank-rule threshold"),
     ({"rank_rule": "budget", "rank_budget": 0}, r"--rank-budget must be an integer >= 1"),
 ])
 def test_config_refuses_inconsistent_rule_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):
         AutoLoraConfig(**kwargs)
+
+
+def test_a_budget_implies_the_budget_rule_and_no_budget_the_papers_rule():
+    assert AutoLoraConfig().rank_rule == "threshold" and AutoLoraConfig().budget is None
+    assert AutoLoraConfig(k=16, rank_budget=96).rank_rule == "budget"
+    assert AutoLoraConfig(k=16, parameter_budget=9000).budget == RankBudget(parameters=9000)
 
 
 def test_config_round_trip_with_a_budget():
