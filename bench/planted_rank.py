@@ -24,7 +24,9 @@ check (oracle vs uniform) and says plainly when the oracle does not win, since t
 anything. Retraining uses the search's scaling (alpha/k for every rank) so that a rank-1 and a rank-8 LoRA take
 steps of the same size per component.
 
-    python bench/planted_rank.py                   # 5 seeds, about 15 minutes on 2 CPU cores
+    python bench/planted_rank.py                   # 10 seeds; 5-11 minutes per seed on a loaded 2-core machine
+    python bench/planted_rank.py --seeds 0 1 2 --threads 1 &  python bench/planted_rank.py --seeds 3 4 --threads 1
+                                                   # seeds in parallel processes (one result file per seed)
     python bench/planted_rank.py --seeds 0 --search-steps 50 --retrain-steps 50   # a smoke run
 """
 from __future__ import annotations
@@ -344,7 +346,7 @@ def table(records: list[dict], setting: Setting) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                                       "planted_rank"))
