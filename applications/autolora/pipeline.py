@@ -46,7 +46,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda: no CUDA device is available; use --device cpu or auto")
+        raise ValueError("--device cuda: no CUDA device is available; use --device cpu or auto")
     return torch.device(name)
 
 
@@ -124,6 +124,7 @@ def search(run_config: RunConfig, data_config, config: AutoLoraConfig, search_co
     task = task or load_task(run_config, data_config)
     model = _load_model(run_config, task, search_config.seed)
     check_targets(model, config)
+    search_module.build_method(search_config)   # an unknown method or setting fails here, before any write
     distributed.on_main(prepare_output_dir, out, run_config.overwrite or run_config.resume)
     distributed.on_main(_start_records, out, {
         "run": run_config.to_dict(), "data": data_config.to_dict(), "autolora": config.to_dict(),

@@ -91,4 +91,11 @@ def get(method: str | HypergradientMethod, **settings: Any) -> HypergradientMeth
     key = method.lower()
     if key not in _REGISTRY:
         raise ValueError(f"unknown hypergradient method '{method}'; registered methods: {', '.join(names())}")
-    return _REGISTRY[key](**settings)
+    factory = _REGISTRY[key]
+    if dataclasses.is_dataclass(factory):
+        valid = sorted(f.name for f in dataclasses.fields(factory) if f.init)
+        unknown = sorted(set(settings) - set(valid))
+        if unknown:
+            raise ValueError(f"method '{method}' has no setting {', '.join(unknown)}; its settings: "
+                             f"{', '.join(valid) or 'none'}")
+    return factory(**settings)

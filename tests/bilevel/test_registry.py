@@ -135,3 +135,8 @@ def test_hypergradient_rejects_empty_and_non_float_parameters():
         bilevel.hypergradient(problem.g, problem.f, {}, outer, None, None, "cg")
     with pytest.raises(TypeError, match="parameter 'x' must be a floating-point tensor"):
         bilevel.hypergradient(problem.g, problem.f, inner, {"x": torch.ones(3, dtype=torch.long)}, None, None, "cg")
+
+
+def test_an_unknown_setting_names_the_methods_settings():
+    with pytest.raises(ValueError, match=r"method 'finite_difference' has no setting bogus; its settings: .*epsilon"):
+        bilevel.methods.get("finite_difference", bogus=1)
