@@ -99,6 +99,6 @@ def test_search_probe_reads_shorter_searches_off_one_long_search(tmp_path):
     assert rows[0]["mean_rank"] == autolora_glue.K and rows[0]["gate_spread"] == 0
     # the search has no schedule: step 2 of the 4-step search is where a 2-step search ends
     for index, seed in enumerate((0, 1)):
-        short = autolora_glue.run_search(task, "autolora", 3e-3, seed, setting, 2, "cpu")
+        short, _ = autolora_glue.run_search(task, "autolora", 3e-3, seed, setting, 2, "cpu")
         assert rows[1]["ranks"][index] == list(short.ranks.ranks.values())
     assert rows[2]["gate_spread"] > 0
