@@ -276,7 +276,11 @@ def run_seed(seed: int, setting: Setting, base: nn.Module, log) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------- the table
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+def t_975(n: int) -> float:
+    """The two-sided 95% quantile of Student's t for a paired mean over ``n`` seeds."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, n - 1))
 
 
 def paired(a: list[float], b: list[float]) -> str:
@@ -284,7 +288,7 @@ def paired(a: list[float], b: list[float]) -> str:
     d = [x - y for x, y in zip(a, b)]
     if len(d) < 2:
         return f"{statistics.fmean(d):+.4f} (1 seed)"
-    half = T_975.get(len(d) - 1, 1.96) * statistics.stdev(d) / math.sqrt(len(d))
+    half = t_975(len(d)) * statistics.stdev(d) / math.sqrt(len(d))
     verdict = "beyond noise" if abs(statistics.fmean(d)) > half else "within noise"
     return f"{statistics.fmean(d):+.4f} +- {half:.4f} ({verdict})"
 
@@ -300,7 +304,7 @@ def paired_ratio(a: list[float], b: list[float]) -> str:
     mean = statistics.fmean(d)
     if len(d) < 2:
         return f"{math.exp(mean):.3f} (1 seed)"
-    half = T_975.get(len(d) - 1, 1.96) * statistics.stdev(d) / math.sqrt(len(d))
+    half = t_975(len(d)) * statistics.stdev(d) / math.sqrt(len(d))
     verdict = "beyond noise" if abs(mean) > half else "within noise"
     return f"{math.exp(mean):.3f} [{math.exp(mean - half):.3f}, {math.exp(mean + half):.3f}] ({verdict})"
 
