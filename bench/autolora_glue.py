@@ -69,7 +69,7 @@ from autolora.demo import minilm_path
 from autolora.export import peft_config_dict
 from autolora.layers import linear_features
 from autolora.outputs import write_bytes_atomic, write_json_atomic
-from autolora.pipeline import target_names as adapted_matrices
+from autolora.injection import target_module_names
 from autolora.rank_rules import model_evidence
 from autolora.ranks import RankResult, select_components
 from autolora.tasks import build_task, load_tokenizer
@@ -189,7 +189,7 @@ def lora_config(setting: Setting, k: int = K, **rule) -> AutoLoraConfig:
 
 def target_names(model, setting: Setting) -> list[str]:
     """The matrices ``setting`` adapts, in model order."""
-    return adapted_matrices(model, lora_config(setting))
+    return target_module_names(model, lora_config(setting))
 
 
 def target_shapes(model, setting: Setting) -> dict[str, tuple[int, int]]:
@@ -444,13 +444,12 @@ def run_one(name: str, method: str, seed: int, task, lrs: dict, setting: Setting
 
         # what the search left, so that another rank rule can be applied to it later (autolora.rank_rules)
         record.update(search_steps=found.steps, k=found.ranks.k, rank_rule=found.ranks.rule,
-                      budget=found.ranks.budget, importance_score=getattr(found.ranks, "importance_score", None),
+                      budget=found.ranks.budget, importance_score=found.ranks.importance_score,
                       matrices=names, shapes=[[evidence[n]["in_features"], evidence[n]["out_features"]]
                                               for n in names],
                       gates=per_matrix("gates"), contributions=per_matrix("contributions"),
+                      singular_values=per_matrix("singular_values"),
                       importance={n: [float(f"{v:.6g}") for v in found.ranks.importance[n]] for n in names})
-        if "singular_values" in evidence[names[0]]:
-            record.update(singular_values=per_matrix("singular_values"))
     elif method.startswith("lora_r"):
         result = train_lora(task, int(method[len("lora_r"):]), lr, seed, setting, task.train, device)
     elif method == "lora_shuffled":

@@ -118,11 +118,11 @@ class AutoLoraConfig(_JsonConfig):
     def _check_rank_rule(self) -> None:
         from .rank_rules import get_rank_rule
 
-        for flag, value in (("--rank-budget", self.rank_budget), ("--parameter-budget", self.parameter_budget)):
-            if value is not None and not (isinstance(value, int) and value >= 1):
-                raise ValueError(f"{flag} must be an integer >= 1, got {value!r}")
-        given = [flag for flag, value in (("--rank-budget", self.rank_budget),
-                                          ("--parameter-budget", self.parameter_budget)) if value is not None]
+        budgets = {"--rank-budget": self.rank_budget, "--parameter-budget": self.parameter_budget}
+        given = [flag for flag, value in budgets.items() if value is not None]
+        for flag in given:
+            if not (isinstance(budgets[flag], int) and budgets[flag] >= 1):
+                raise ValueError(f"{flag} must be an integer >= 1, got {budgets[flag]!r}")
         if self.rank_rule is None:   # a budget asks for the budgeted rule; without one, the paper's rule
             self.rank_rule = "budget" if given else "threshold"
         rule = get_rank_rule(self.rank_rule)   # an unknown name lists the valid ones

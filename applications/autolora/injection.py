@@ -20,7 +20,7 @@ from .layers import GatedLoraLinear, is_adaptable
 
 __all__ = [
     "ALL_LINEAR", "DEFAULT_TARGET_MODULES", "default_target_modules", "find_target_modules", "head_module_names",
-    "inject_gated_lora", "gated_layers", "lower_parameters", "upper_parameters", "adaptable_module_names",
+    "inject_gated_lora", "heads_of", "target_module_names", "gated_layers", "lower_parameters", "upper_parameters", "adaptable_module_names",
 ]
 
 # model_type -> default targets (the attention query and value projections, as in LoRA and AutoLoRA).
@@ -127,13 +127,23 @@ def find_target_modules(model: nn.Module, target_modules: list[str] | None,
     return [n for n in candidates if any(_matches(entry, n) for entry in targets)]
 
 
+def heads_of(model: nn.Module, config: AutoLoraConfig) -> list[str]:
+    """The modules trained fully beside the LoRA weights: ``config.modules_to_save`` or the detected head."""
+    return config.modules_to_save if config.modules_to_save is not None else head_module_names(model)
+
+
+def target_module_names(model: nn.Module, config: AutoLoraConfig) -> list[str]:
+    """The matrices ``config`` adapts in ``model`` (its head excluded), in model order."""
+    return find_target_modules(model, config.target_modules, exclude=heads_of(model, config))
+
+
 def inject_gated_lora(model: nn.Module, config: AutoLoraConfig) -> list[str]:
     """Replace each target module of ``model`` by a `GatedLoraLinear` wrapping it, in place.
 
     Freezes every base parameter, then unfreezes the head (``config.modules_to_save`` or the detected head).
     Returns the adapted module names.
     """
-    heads = config.modules_to_save if config.modules_to_save is not None else head_module_names(model)
+    heads = heads_of(model, config)
     targets = find_target_modules(model, config.target_modules, exclude=heads)
     for p in model.parameters():
         p.requires_grad_(False)

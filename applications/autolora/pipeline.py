@@ -30,7 +30,7 @@ from . import retrain as retrain_module
 from . import search as search_module
 from .config import AutoLoraConfig, RetrainConfig, RunConfig, SearchConfig
 from .export import peft_config_dict, save_peft_config
-from .injection import find_target_modules, head_module_names
+from .injection import heads_of, target_module_names
 from .layers import linear_features
 from .outputs import check_output_dir, prepare_output_dir, write_json_atomic
 from .rank_rules import check_budget
@@ -104,7 +104,7 @@ def _is_conv1d(module) -> bool:
 
 
 def _export(ranks: RankResult, config: AutoLoraConfig, model, task_kind: str) -> dict:
-    heads = config.modules_to_save if config.modules_to_save is not None else head_module_names(model)
+    heads = heads_of(model, config)
     modules = dict(model.named_modules())
     fan_in_fan_out = any(_is_conv1d(getattr(modules.get(n), "base_layer", modules.get(n))) for n in ranks.ranks)
     return peft_config_dict(ranks, config, modules_to_save=heads, task_kind=task_kind,
@@ -138,15 +138,9 @@ def search(run_config: RunConfig, data_config, config: AutoLoraConfig, search_co
     return result.ranks
 
 
-def target_names(model, config: AutoLoraConfig) -> list[str]:
-    """The matrices ``config`` adapts in ``model`` (the head excluded); raises if a target matches nothing."""
-    heads = config.modules_to_save if config.modules_to_save is not None else head_module_names(model)
-    return find_target_modules(model, config.target_modules, exclude=heads)
-
-
 def check_targets(model, config: AutoLoraConfig) -> list[str]:
     """Refuse targets that match nothing and a rank budget no allocation over them can meet."""
-    names = target_names(model, config)
+    names = target_module_names(model, config)
     if config.budget is not None:
         modules = dict(model.named_modules())
         check_budget(config.budget, {n: linear_features(modules[n]) for n in names}, config.k,
@@ -194,7 +188,7 @@ def retrain(run_config: RunConfig, data_config, config: AutoLoraConfig, retrain_
     task = task or load_task(run_config, data_config)
     model = _load_model(run_config, task, retrain_config.seed)
     if uniform_rank is not None:
-        ranks = uniform_ranks(target_names(model, config), uniform_rank, config.k)
+        ranks = uniform_ranks(target_module_names(model, config), uniform_rank, config.k)
     missing = [n for n in ranks.ranks if n not in dict(model.named_modules())]
     if missing:
         raise ValueError(f"retrain: ranks.json names modules the model lacks ({missing[:3]}...); was it written "

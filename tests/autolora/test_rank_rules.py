@@ -9,6 +9,7 @@ from torch import nn
 
 from autolora.config import AutoLoraConfig
 from autolora.injection import gated_layers, inject_gated_lora
+from autolora import rank_rules
 from autolora.layers import GatedLoraLinear
 from autolora.rank_rules import (BudgetRule, MatrixEvidence, RankBudget, ThresholdRule, check_budget, get_rank_rule,
                                  matrix_evidence, rank_rule_names, register_rank_rule)
@@ -163,7 +164,9 @@ def test_config_round_trip_with_a_budget():
     assert config.budget == RankBudget(parameters=5000) and config.target_modules == ["all-linear"]
 
 
-def test_users_register_their_own_rule():
+def test_users_register_their_own_rule(monkeypatch):
+    monkeypatch.setattr(rank_rules, "_RULES", dict(rank_rules._RULES))   # the test's rule leaves with the test
+
     @register_rank_rule
     @dataclass
     class LastComponent:
