@@ -14,6 +14,8 @@ import types
 import typing
 from collections import Counter
 
+from .config import FieldError
+
 __all__ = ["add_dataclass_arguments", "dataclasses_from_args"]
 
 
@@ -77,6 +79,16 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, classes: list[type]
 
 
 def dataclasses_from_args(namespace: argparse.Namespace) -> dict[type, object]:
-    """Instantiate every dataclass added by `add_dataclass_arguments` from the parsed ``namespace``."""
-    return {cls: cls(**{name: getattr(namespace, dest) for name, dest in fields.items()})
-            for cls, fields in namespace._dataclass_fields.items()}
+    """Instantiate every dataclass added by `add_dataclass_arguments` from the parsed ``namespace``.
+
+    A bad value names the flag the user typed (``--search-max-steps must be ...``), not the field.
+    """
+    configs = {}
+    for cls, fields in namespace._dataclass_fields.items():
+        try:
+            configs[cls] = cls(**{name: getattr(namespace, dest) for name, dest in fields.items()})
+        except FieldError as error:
+            if error.field not in fields:
+                raise
+            raise ValueError(f"--{fields[error.field].replace('_', '-')} {error.message}") from None
+    return configs

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 
 from .arguments import add_dataclass_arguments, dataclasses_from_args
 from .config import AutoLoraConfig, RetrainConfig, RunConfig, SearchConfig
@@ -19,6 +20,17 @@ from .config import AutoLoraConfig, RetrainConfig, RunConfig, SearchConfig
 __all__ = ["main", "build_parser"]
 
 _PREFIXES = {SearchConfig: "search", RetrainConfig: "retrain"}
+_LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
+# Errors that mean "the input is wrong": their message is the whole story. Anything else is reported in one line
+# too, with the hint that --log-level DEBUG shows where it came from.
+_INPUT_ERRORS = (ValueError, OSError, ImportError, RuntimeError, ArithmeticError)
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block): ``autolora run: error: ... (see autolora run --help)``."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _data_config():
@@ -28,11 +40,12 @@ def _data_config():
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="autolora", description="AutoLoRA: learn a LoRA rank per weight matrix by bilevel optimization "
         "(Zhang et al., 2024), then retrain with PEFT.")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                        help="Logging level (default: INFO).")
+    log_level = {"choices": _LOG_LEVELS, "help": "Logging level (default: INFO; DEBUG also shows the messages of "
+                                                "transformers, datasets and PEFT, and the traceback of an error)."}
+    parser.add_argument("--log-level", default="INFO", **log_level)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     data = _data_config()
     specs = {
@@ -45,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     }
     for name, (help_text, classes) in specs.items():
         sub = commands.add_parser(name, help=help_text, description=help_text)
+        # also accepted after the command; SUPPRESS keeps the value given before it
+        sub.add_argument("--log-level", default=argparse.SUPPRESS, **log_level)
         add_dataclass_arguments(sub, classes, _PREFIXES)
         if name == "retrain":
             sub.add_argument("--ranks", default=None,
@@ -55,9 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="write report.html for a run directory",
                                  description="write report.html (rank heatmap, selection weights, metrics)")
     report.add_argument("dir", help="the --output-dir of a search or run")
+    report.add_argument("--log-level", default=argparse.SUPPRESS, **log_level)
     demo = commands.add_parser("demo", help="run the whole pipeline offline on MiniLM and generated data",
                                description="search + retrain + report on all-MiniLM-L6-v2 with a generated "
-                               "sentiment dataset (a few minutes on 2 CPU cores)")
+                               "sentiment dataset (under a minute on 2 idle CPU cores)")
+    demo.add_argument("--log-level", default=argparse.SUPPRESS, **log_level)
     demo.add_argument("--output-dir", default="autolora-demo", help="output directory (default: autolora-demo)")
     demo.add_argument("--overwrite", action="store_true", help="allow a non-empty --output-dir")
     demo.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
@@ -71,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+    if args.log_level != "DEBUG":
+        _quiet_third_party()
     from . import pipeline
 
     try:
@@ -84,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         try:
             configs = dataclasses_from_args(args)
-        except ValueError as error:
-            parser.error(str(error))
+        except ValueError as error:   # a bad flag value: a usage error, as argparse's own
+            parser.exit(2, f"autolora {args.command}: error: {error} (see autolora {args.command} --help)\n")
         run, data, method = configs[RunConfig], configs[_data_config()], configs[AutoLoraConfig]
         if args.command == "run":
             metrics = pipeline.run(run, data, method, configs[SearchConfig], configs[RetrainConfig])
@@ -97,12 +116,37 @@ def main(argv: list[str] | None = None) -> int:
             metrics = pipeline.retrain(run, data, method, configs[RetrainConfig], ranks=args.ranks,
                                        uniform_rank=args.uniform_rank)
             print(f"eval: {metrics.get('eval')}")
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError, OSError) as error:
-        print(f"autolora {args.command}: error: {error}", file=sys.stderr)
+    except Exception as error:
+        if args.log_level == "DEBUG":
+            raise
+        print(f"autolora {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 1
     finally:
         _leave_process_group()
     return 0
+
+
+def _one_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    message = " ".join(line.strip() for line in lines) or type(error).__name__
+    if not isinstance(error, _INPUT_ERRORS):
+        message = f"{type(error).__name__}: {message} (unexpected; --log-level DEBUG shows where it came from)"
+    return message
+
+
+def _quiet_third_party() -> None:
+    """Keep transformers', datasets' and PEFT's reports, progress bars and deprecation warnings out of the output;
+    what matters to the user (a new task head, say) autolora reports itself."""
+    import datasets
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.utils.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    for module in ("transformers", "datasets", "peft", "torch", "huggingface_hub"):
+        warnings.filterwarnings("ignore", category=FutureWarning, module=rf"{module}(\.|$)")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=rf"{module}(\.|$)")
 
 
 def _leave_process_group() -> None:

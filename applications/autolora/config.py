@@ -14,17 +14,26 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["AutoLoraConfig", "SearchConfig", "RetrainConfig", "RunConfig", "RANK_SCALINGS", "SELECTION_SPLITS",
-           "DEVICES"]
+__all__ = ["AutoLoraConfig", "SearchConfig", "RetrainConfig", "RunConfig", "FieldError", "RANK_SCALINGS",
+           "SELECTION_SPLITS", "DEVICES"]
 
 RANK_SCALINGS = ("peft", "search")
 SELECTION_SPLITS = ("validation", "train")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
+class FieldError(ValueError):
+    """A config field holds a bad value: ``SearchConfig: max_steps must be ...``. The CLI names the flag instead
+    (``--search-max-steps must be ...``), from ``field`` and ``message``."""
+
+    def __init__(self, cls: str, field: str, message: str):
+        super().__init__(f"{cls}: {field} {message}")
+        self.field, self.message = field, message
+
+
 def _check(condition: bool, cls: str, name: str, message: str) -> None:
     if not condition:
-        raise ValueError(f"{cls}: {name} {message}")
+        raise FieldError(cls, name, message)
 
 
 class _JsonConfig:
@@ -210,7 +219,7 @@ class SearchConfig(_JsonConfig):
                f"must be an integer >= 1, got {self.batch_size!r}")
         _check(self.epochs > 0 and math.isfinite(self.epochs), name, "epochs", f"must be > 0, got {self.epochs!r}")
         if self.max_steps is not None:
-            _check(self.max_steps >= 1, name, "max_steps", f"must be >= 1 or None, got {self.max_steps!r}")
+            _check(self.max_steps >= 1, name, "max_steps", f"must be an integer >= 1, got {self.max_steps!r}")
         _check(self.warmup_steps >= 0, name, "warmup_steps", f"must be >= 0, got {self.warmup_steps!r}")
         _check(self.record_every >= 1, name, "record_every", f"must be >= 1, got {self.record_every!r}")
 
@@ -245,7 +254,7 @@ class RetrainConfig(_JsonConfig):
                    f"must be an integer >= 1, got {getattr(self, attr)!r}")
         _check(self.epochs > 0 and math.isfinite(self.epochs), name, "epochs", f"must be > 0, got {self.epochs!r}")
         if self.max_steps is not None:
-            _check(self.max_steps >= 1, name, "max_steps", f"must be >= 1 or None, got {self.max_steps!r}")
+            _check(self.max_steps >= 1, name, "max_steps", f"must be an integer >= 1, got {self.max_steps!r}")
         _check(0.0 <= self.warmup_ratio < 1.0, name, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio!r}")
 
 

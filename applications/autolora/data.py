@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import datasets
 
+from .config import FieldError
+
 TASK_KIND_NAMES = ("classification", "regression", "token_classification", "generation")
 METRIC_NAMES = ("loss", "accuracy", "f1", "matthews_correlation", "pearson", "spearmanr", "mse",
                 "precision", "recall", "bleu", "rougeL")
@@ -69,26 +71,26 @@ class DataConfig:
     max_new_tokens: int = _help("Generation: tokens decoded per example at evaluation.", 64)
 
     def __post_init__(self):
+        def refuse(name: str, message: str):
+            raise FieldError("DataConfig", name, message)
+
         if self.task_kind not in ("auto",) + TASK_KIND_NAMES:
-            raise ValueError(f"DataConfig.task_kind: got {self.task_kind!r}; choose one of auto, "
-                             + ", ".join(TASK_KIND_NAMES))
+            refuse("task_kind", f"must be one of auto, {', '.join(TASK_KIND_NAMES)}; got {self.task_kind!r}")
         if self.dataset_name and any(getattr(self, name) for name in SPLIT_FILES.values()):
-            raise ValueError("DataConfig.dataset_name: give either a hub dataset_name or local files "
-                             "(train_file/validation_file/test_file), not both")
+            refuse("dataset_name", "excludes local files (train_file, validation_file, test_file); give one or the "
+                                   "other")
         if not self.dataset_name and not self.train_file:
-            raise ValueError("DataConfig.train_file: no data given; set train_file (local) or dataset_name (hub)")
+            refuse("train_file", "is required (or a hub dataset_name): no data given")
         for name in SPLIT_FILES.values():
             path = getattr(self, name)
             if path is not None and _suffix(path) not in FILE_FORMATS:
-                raise ValueError(f"DataConfig.{name}: {path!r} has an unsupported extension; use one of "
-                                 + ", ".join(FILE_FORMATS))
+                refuse(name, f"{path!r} has an unsupported extension; use one of " + ", ".join(FILE_FORMATS))
         for name in ("max_length", "max_new_tokens", "max_train_samples", "max_eval_samples", "max_test_samples"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"DataConfig.{name}: must be a positive integer, got {value!r}")
+                refuse(name, f"must be a positive integer, got {value!r}")
         if self.metric_for_best is not None and self.metric_for_best not in METRIC_NAMES:
-            raise ValueError(f"DataConfig.metric_for_best: unknown metric {self.metric_for_best!r}; choose one of "
-                             + ", ".join(METRIC_NAMES))
+            refuse("metric_for_best", f"must be one of {', '.join(METRIC_NAMES)}; got {self.metric_for_best!r}")
 
     def to_dict(self) -> dict:
         """Plain dict of the fields, for JSON."""
@@ -147,8 +149,10 @@ def read_file(path: str, split: str = "train") -> datasets.Dataset:
     if suffix not in FILE_FORMATS:
         raise DataError(f"unsupported data file {path}: use one of " + ", ".join(FILE_FORMATS))
     builder, options = FILE_FORMATS[suffix]
-    if builder == "json":
-        _check_json(path)
+    if builder in ("json", "csv"):
+        text = _read_utf8(path)
+        if builder == "json":
+            _check_json(path, text)
     try:
         loaded = datasets.load_dataset(builder, data_files={"data": path}, **options)
     except Exception as error:  # datasets/pyarrow raise many types; re-raise with the file named
@@ -159,10 +163,21 @@ def read_file(path: str, split: str = "train") -> datasets.Dataset:
     return loaded["data"]
 
 
-def _check_json(path: str) -> None:
+def _read_utf8(path: str) -> str:
+    """The text of a data file; bytes that are not UTF-8 are named by line and column."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        raise DataError(f"{path} is not UTF-8: line {line}, column {column} holds byte "
+                        f"0x{data[error.start]:02x}; save the file as UTF-8") from None
+
+
+def _check_json(path: str, text: str) -> None:
     """Parse JSON / JSON Lines ourselves so a syntax error names its line (datasets' errors do not)."""
-    with open(path, encoding="utf-8") as handle:
-        text = handle.read()
     if not text.strip():
         raise DataError(f"data file is empty: {path}")
     if _suffix(path) == ".json":

@@ -1,6 +1,9 @@
 """Writing outputs so that a crash never leaves a half-written file: write a temporary sibling, then rename.
 
 ``os.replace`` is atomic on one filesystem, so readers see either the old file or the complete new one.
+Temporary files and folders are private (``mkstemp``: 0600, ``mkdtemp``: 0700); before the rename they get the
+mode a plain ``open``/``mkdir`` would have given (0644 and 0755 under umask 022), so whoever may read the output
+folder can read the outputs.
 """
 from __future__ import annotations
 
@@ -17,9 +20,26 @@ __all__ = ["write_json_atomic", "write_bytes_atomic", "atomic_directory", "check
            "prepare_output_dir"]
 
 
+def _umask() -> int:
+    mask = os.umask(0)   # the only portable way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
+def _give_default_modes(folder: str) -> None:
+    """The modes under the umask for ``folder`` and everything in it (some writers, safetensors among them, create
+    their files 0600)."""
+    mask = _umask()
+    for root, _, files in os.walk(folder):
+        os.chmod(root, 0o777 & ~mask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~mask)
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same directory and a rename."""
     with atomic_open(path) as file:
+        os.fchmod(file.fileno(), 0o666 & ~_umask())
         file.write(data)
 
 
@@ -37,6 +57,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[str]:
     tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=parent)
     try:
         yield tmp
+        _give_default_modes(tmp)
         if os.path.exists(path):
             old = tmp + ".old"
             os.replace(path, old)

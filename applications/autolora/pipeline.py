@@ -121,6 +121,10 @@ def search(run_config: RunConfig, data_config, config: AutoLoraConfig, search_co
     out = _output_dir(run_config)
     _device(run_config)
     distributed.on_main(check_output_dir, out, run_config.overwrite or run_config.resume)
+    checkpoint_dir = (os.path.join(out, "search_checkpoint") if search_config.checkpoint_every or run_config.resume
+                      else None)
+    if run_config.resume:
+        distributed.on_main(_check_resumable, checkpoint_dir)
     task = task or load_task(run_config, data_config)
     model = _load_model(run_config, task, search_config.seed)
     check_targets(model, config)
@@ -129,8 +133,6 @@ def search(run_config: RunConfig, data_config, config: AutoLoraConfig, search_co
     distributed.on_main(_start_records, out, {
         "run": run_config.to_dict(), "data": data_config.to_dict(), "autolora": config.to_dict(),
         "search": search_config.to_dict()})
-    checkpoint_dir = (os.path.join(out, "search_checkpoint") if search_config.checkpoint_every or run_config.resume
-                      else None)
     result = search_module.search(model, task.train, task.collate, config, search_config,
                                   progress=run_config.progress and distributed.is_main(),
                                   checkpoint_dir=checkpoint_dir, resume=run_config.resume)
@@ -146,6 +148,13 @@ def check_targets(model, config: AutoLoraConfig) -> list[str]:
         check_budget(config.budget, {n: linear_features(modules[n]) for n in names}, config.k,
                      config.allow_zero_rank)
     return names
+
+
+def _check_resumable(checkpoint_dir: str) -> None:
+    """--resume needs the checkpoint a search with --checkpoint-every leaves (its settings.json comes first)."""
+    if not os.path.exists(os.path.join(checkpoint_dir, "settings.json")):
+        raise FileNotFoundError(f"--resume: no search checkpoint in {checkpoint_dir}; run without --resume "
+                                "(--checkpoint-every N makes one)")
 
 
 def _start_records(out: str, settings: dict) -> None:
@@ -183,16 +192,22 @@ def retrain(run_config: RunConfig, data_config, config: AutoLoraConfig, retrain_
     if uniform_rank is not None and ranks is not None:
         raise ValueError("retrain: give --ranks or --uniform-rank, not both")
     distributed.on_main(_check_retrain_output, out, run_config.overwrite, create=False)
+    source = "ranks"
     if uniform_rank is None and not isinstance(ranks, RankResult):
+        source = f"--ranks {ranks or os.path.join(out, 'ranks.json')}"
         ranks = load_ranks(ranks or os.path.join(out, "ranks.json"))
+        if ranks.total_rank == 0:
+            raise ValueError(f"{source}: every matrix has rank 0, so there is nothing to retrain; pass ranks with "
+                             "at least one rank >= 1 (or --uniform-rank R)")
     task = task or load_task(run_config, data_config)
     model = _load_model(run_config, task, retrain_config.seed)
     if uniform_rank is not None:
         ranks = uniform_ranks(target_module_names(model, config), uniform_rank, config.k)
     missing = [n for n in ranks.ranks if n not in dict(model.named_modules())]
     if missing:
-        raise ValueError(f"retrain: ranks.json names modules the model lacks ({missing[:3]}...); was it written "
-                         "for another model?")
+        raise ValueError(f"{source} names {len(missing)} module(s) {run_config.model_name_or_path} lacks "
+                         f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); were they searched on "
+                         "another model?")
     exported = _export(ranks, config, model, task.kind)
     distributed.on_main(_check_retrain_output, out, run_config.overwrite)
     distributed.on_main(_update_json, os.path.join(out, "config.json"), {

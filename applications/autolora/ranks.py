@@ -44,14 +44,21 @@ class RankResult:
                 "importance_score": self.importance_score}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "RankResult":
+    def from_dict(cls, data: dict, source: str = "ranks.json") -> "RankResult":
+        """The inverse of `to_dict`; errors name ``source`` (the file the dict was read from)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{source}: expected a JSON object written by `autolora search`, got "
+                             f"{type(data).__name__}")
         missing = [key for key in ("ranks", "k") if key not in data]
         if missing:
-            raise ValueError(f"ranks.json: missing key(s) {missing}; expected a file written by `autolora search`")
-        ranks = {str(name): int(r) for name, r in data["ranks"].items()}
-        bad = {name: r for name, r in ranks.items() if not 0 <= r <= int(data["k"])}
+            raise ValueError(f"{source}: missing key(s) {missing}; expected a file written by `autolora search`")
+        if not _is_integer(data["k"]) or data["k"] < 1 or not isinstance(data["ranks"], dict):
+            raise ValueError(f"{source}: 'k' must be an integer >= 1 and 'ranks' an object {{module: rank}}, got "
+                             f"k={data['k']!r}, ranks of type {type(data['ranks']).__name__}")
+        bad = {name: r for name, r in data["ranks"].items() if not (_is_integer(r) and 0 <= r <= data["k"])}
         if bad:
-            raise ValueError(f"ranks.json: ranks must be in [0, k={data['k']}], got {bad}")
+            raise ValueError(f"{source}: ranks must be integers in [0, k={data['k']}], got {bad}")
+        ranks = {str(name): int(r) for name, r in data["ranks"].items()}
         threshold = data.get("threshold")
         return cls(ranks=ranks, k=int(data["k"]), threshold=None if threshold is None else float(threshold),
                    allow_zero_rank=bool(data.get("allow_zero_rank", False)),
@@ -63,6 +70,10 @@ class RankResult:
     @property
     def total_rank(self) -> int:
         return sum(self.ranks.values())
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def compute_ranks(model: nn.Module, threshold: float | None = None, allow_zero_rank: bool = False, *,
@@ -104,11 +115,15 @@ def save_ranks(result: RankResult, path: str | os.PathLike) -> None:
 
 
 def load_ranks(path: str | os.PathLike) -> RankResult:
-    """Read a ``ranks.json`` written by `save_ranks`."""
+    """Read a ``ranks.json`` written by `save_ranks`; every error names the file."""
+    path = os.fspath(path)
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except FileNotFoundError:
-        raise FileNotFoundError(f"load_ranks: {os.fspath(path)!r} does not exist; pass the ranks.json "
+        raise FileNotFoundError(f"load_ranks: {path!r} does not exist; pass the ranks.json "
                                 f"written by `autolora search`") from None
-    return RankResult.from_dict(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"load_ranks: {path} is not a ranks.json written by `autolora search` (not valid JSON: "
+                         f"{error})") from None
+    return RankResult.from_dict(data, source=path)

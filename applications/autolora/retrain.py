@@ -118,9 +118,16 @@ def fit(model: nn.Module, train_dataset: Sequence, collate: Callable, config: Re
 
 
 def save_adapter(peft_model: nn.Module, path: str | os.PathLike) -> None:
-    """Save the PEFT adapter directory atomically (a temp directory renamed into place)."""
+    """Save the PEFT adapter directory atomically (a temp directory renamed into place).
+
+    Next to the adapter goes the model's ``config.json`` as trained: its label names (``id2label``/``label2id``),
+    ``num_labels`` and pad token, which the base checkpoint does not know. Reload with
+    ``base = AutoModelForSequenceClassification.from_pretrained(base_path, config=AutoConfig.from_pretrained(path))``
+    and ``PeftModel.from_pretrained(base, path)``.
+    """
     with atomic_directory(path) as tmp:
         peft_model.save_pretrained(tmp)
+        peft_model.get_base_model().config.save_pretrained(tmp)
 
 
 def save_merged(peft_model: nn.Module, path: str | os.PathLike, tokenizer=None) -> nn.Module:

@@ -6,6 +6,7 @@ that fits the data, and the evaluation that turns a model into metrics.  Kinds s
 """
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 
@@ -17,6 +18,8 @@ from autolora.metrics import compute_metrics, default_metric
 
 LOWER_IS_BETTER = ("loss", "mse")
 
+logger = logging.getLogger(__name__)
+
 
 def _looks_like_path(name_or_path: str) -> bool:
     """Hub ids are "name" or "org/name"; anything else is meant as a local folder."""
@@ -27,6 +30,8 @@ def _from_pretrained(loader, name_or_path: str, what: str, **kwargs):
     """`loader.from_pretrained` with clear errors: a missing folder is named, not looked up on the hub."""
     if not os.path.isdir(name_or_path) and _looks_like_path(name_or_path):
         raise FileNotFoundError(f"{what}: model folder not found: {name_or_path}")
+    if os.path.isdir(name_or_path) and not os.path.isfile(os.path.join(name_or_path, "config.json")):
+        raise FileNotFoundError(f"{what}: {name_or_path} is not a Hugging Face model folder: no config.json")
     try:
         return loader.from_pretrained(name_or_path, **kwargs)
     except OSError as error:
@@ -60,6 +65,7 @@ class Task:
 
     kind: str = ""
     auto_model_class_name: str = ""
+    _new_head_logged = False
 
     def __init__(self, config: DataConfig, tokenizer, raw: dict[str, datasets.Dataset],
                  columns: dict[str, str | None], sources: dict[str, str]):
@@ -111,9 +117,19 @@ class Task:
         return {"pad_token_id": self.tokenizer.pad_token_id}
 
     def load_model(self, model_name_or_path: str, **from_pretrained_kwargs):
-        """Pretrained model with the head this task needs, pad token ids set (GPT-2-like models lack one)."""
-        kwargs = {**self.model_kwargs(), **from_pretrained_kwargs}
-        model = _from_pretrained(self.auto_model_class, model_name_or_path, "load_model", **kwargs)
+        """Pretrained model with the head this task needs, pad token ids set (GPT-2-like models lack one).
+
+        A head the checkpoint lacks (a bare encoder) is initialised afresh and trained with the LoRA weights; that is
+        logged once per task, in one line.
+        """
+        kwargs = {**self.model_kwargs(), **from_pretrained_kwargs, "output_loading_info": True}
+        model, info = _from_pretrained(self.auto_model_class, model_name_or_path, "load_model", **kwargs)
+        new = sorted({(key if isinstance(key, str) else key[0]).rsplit(".", 1)[0]
+                      for key in [*info["missing_keys"], *info["mismatched_keys"]]})
+        if new and not self._new_head_logged:
+            logger.info("new task head initialised (not in %s, trained with the LoRA weights): %s",
+                        model_name_or_path, ", ".join(new))
+            self._new_head_logged = True
         model.config.pad_token_id = self.tokenizer.pad_token_id
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.pad_token_id = self.tokenizer.pad_token_id

@@ -49,6 +49,12 @@ class SequenceClassificationTask(Task):
                 raise DataError(f"labels of the wrong type: {self._source(split)} example {row} has {name!r} = "
                                 f"{value!r}; classification needs integer, boolean or string labels "
                                 "(float labels mean regression: pass task_kind regression)")
+        strings = [row for row, value in enumerate(values) if isinstance(value, str)]
+        if strings and len(strings) < len(values):
+            number = next(row for row, value in enumerate(values) if not isinstance(value, str))
+            raise DataError(f"labels of mixed types: {self._source(split)} example {number} has {name!r} = "
+                            f"{values[number]!r} but example {strings[0]} has {values[strings[0]]!r}; use either "
+                            "numbers or names for every label")
         return [int(value) if isinstance(value, float) else value for value in values]
 
     def _labels(self, dataset, split) -> list:

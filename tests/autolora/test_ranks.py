@@ -59,7 +59,7 @@ def test_compute_and_round_trip(tmp_path):
 def test_bad_ranks_file(tmp_path):
     path = tmp_path / "ranks.json"
     path.write_text(json.dumps({"k": 2, "threshold": 0.5, "ranks": {"a": 3}}))
-    with pytest.raises(ValueError, match=r"ranks must be in \[0, k=2\]"):
+    with pytest.raises(ValueError, match=r"ranks.json: ranks must be integers in \[0, k=2\]"):
         load_ranks(path)
     with pytest.raises(FileNotFoundError, match="autolora search"):
         load_ranks(tmp_path / "missing.json")
