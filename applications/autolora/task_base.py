@@ -65,6 +65,9 @@ class Task:
 
     kind: str = ""
     auto_model_class_name: str = ""
+    # A checkpoint whose head has other shapes (2 labels where the data has 3) gets a new head; a language model
+    # keeps its own (a mismatch there is a wrong tokenizer, not a new task).
+    replaces_mismatched_head = True
     _new_head_logged = False
 
     def __init__(self, config: DataConfig, tokenizer, raw: dict[str, datasets.Dataset],
@@ -122,13 +125,14 @@ class Task:
         A head the checkpoint lacks (a bare encoder) is initialised afresh and trained with the LoRA weights; that is
         logged once per task, in one line.
         """
-        kwargs = {**self.model_kwargs(), **from_pretrained_kwargs, "output_loading_info": True}
+        kwargs = {"ignore_mismatched_sizes": self.replaces_mismatched_head, **self.model_kwargs(),
+                  **from_pretrained_kwargs, "output_loading_info": True}
         model, info = _from_pretrained(self.auto_model_class, model_name_or_path, "load_model", **kwargs)
         new = sorted({(key if isinstance(key, str) else key[0]).rsplit(".", 1)[0]
                       for key in [*info["missing_keys"], *info["mismatched_keys"]]})
         if new and not self._new_head_logged:
-            logger.info("new task head initialised (not in %s, trained with the LoRA weights): %s",
-                        model_name_or_path, ", ".join(new))
+            logger.info("new task head initialised and trained with the LoRA weights (%s has none of this shape): "
+                        "%s", model_name_or_path, ", ".join(new))
             self._new_head_logged = True
         model.config.pad_token_id = self.tokenizer.pad_token_id
         if getattr(model, "generation_config", None) is not None:

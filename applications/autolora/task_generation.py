@@ -20,6 +20,7 @@ class GenerationTask(Task):
 
     kind = "generation"
     auto_model_class_name = "AutoModelForCausalLM"
+    replaces_mismatched_head = False
 
     def metric_names(self):
         return ("loss", "bleu", "rougeL")

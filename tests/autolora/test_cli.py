@@ -161,3 +161,45 @@ def test_retrain_uniform_rank_is_the_uniform_baseline(tiny_dir, tmp_path):
     assert (out / "adapter" / "adapter_config.json").exists()
     assert main(["retrain", *common(tiny_dir, tmp_path / "both"), "--uniform-rank", "3", "--ranks",
                  str(out / "ranks.json")]) == 1
+
+
+def test_the_adapter_carries_the_label_names(tiny_dir, tmp_path):
+    """Three named classes on a two-label checkpoint: the task's head replaces the checkpoint's, and the adapter
+    reloaded as docs/autolora.md shows predicts the names and scores what metrics.json says."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    names = ["negative", "neutral", "positive"]
+    splits = {}
+    for split, n, seed in (("train", 48, 0), ("validation", 24, 1)):
+        splits[split] = [{"sentence": row["sentence"], "label": "neutral" if i % 3 == 0 else names[2 * row["label"]]}
+                         for i, row in enumerate(generate_sentiment_data(n, seed))]
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in splits[split]))
+    out = tmp_path / "labels"
+    args = common(tiny_dir, out)
+    args[args.index("--train-file") + 1] = str(tmp_path / "train.jsonl")
+    args[args.index("--validation-file") + 1] = str(tmp_path / "validation.jsonl")
+    assert main(["retrain", *args, "--uniform-rank", "2", "--retrain-max-steps", "3", "--retrain-batch-size", "8",
+                 "--retrain-learning-rate", "0.01"]) == 0
+
+    config = AutoConfig.from_pretrained(out / "adapter")
+    assert config.id2label == dict(enumerate(names)) and config.label2id == {n: i for i, n in enumerate(names)}
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_dir / "model", config=config,
+                                                              ignore_mismatched_sizes=True)
+    model = PeftModel.from_pretrained(base, out / "adapter").eval()
+    rows = splits["validation"]
+    batch = AutoTokenizer.from_pretrained(tiny_dir / "model")([row["sentence"] for row in rows], padding=True,
+                                                              return_tensors="pt")
+    with torch.no_grad():
+        predicted = [model.config.id2label[i] for i in model(**batch).logits.argmax(-1).tolist()]
+    accuracy = sum(p == row["label"] for p, row in zip(predicted, rows)) / len(rows)
+    assert accuracy == pytest.approx(json.loads((out / "metrics.json").read_text())["eval"]["accuracy"])
+
+
+def test_log_level_is_accepted_before_and_after_the_command():
+    from autolora.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["report", "out", "--log-level", "WARNING"]).log_level == "WARNING"
+    assert parser.parse_args(["--log-level", "ERROR", "report", "out"]).log_level == "ERROR"
+    assert parser.parse_args(["demo"]).log_level == "INFO"
+    assert parser.parse_args(["run", "--log-level", "DEBUG"]).log_level == "DEBUG"
