@@ -160,7 +160,7 @@ class AutoLoraConfig(_JsonConfig):
 
 @dataclass
 class SearchConfig(_JsonConfig):
-    """The bilevel rank search: LoRA weights (lower level) on one split, selection logits (upper) on the other."""
+    """The bilevel rank search: LoRA weights (inner level) on one split, selection logits (outer) on the other."""
 
     method: str = field(default="finite_difference", metadata={
         "help": "Hypergradient method registered in bilevel.methods (e.g. finite_difference, identity_implicit "
@@ -169,7 +169,7 @@ class SearchConfig(_JsonConfig):
         "help": "JSON dict of keyword arguments for the method. A method taking `lr` gets the LoRA learning rate "
                 "unless given here."})
     validation_fraction: float = field(default=0.3, metadata={
-        "help": "Fraction of the training data held out for the upper level (the selection logits)."})
+        "help": "Fraction of the training data held out for the outer level (the selection logits)."})
     selection_split: str = field(default="validation", metadata={
         "help": "Data of the selection logits: 'validation' = the held-out part of the training data (AutoLoRA's "
                 "bilevel search); 'train' = the paper's ablation without meta learning: the logits are trained "
@@ -182,7 +182,7 @@ class SearchConfig(_JsonConfig):
         "help": "Adam betas of the selection logits."})
     alpha_weight_decay: float = field(default=0.0, metadata={"help": "Weight decay of the selection logits."})
     batch_size: int = field(default=32, metadata={"help": "Batch size of both levels (padded to the longest)."})
-    epochs: float = field(default=2.0, metadata={"help": "Search length in passes over the lower-level split."})
+    epochs: float = field(default=2.0, metadata={"help": "Search length in passes over the inner-level split."})
     max_steps: int | None = field(default=None, metadata={
         "help": "Search length in outer steps (one LoRA step + one logit step each); overrides --epochs."})
     warmup_steps: int = field(default=0, metadata={

