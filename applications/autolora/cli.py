@@ -24,6 +24,7 @@ _LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
 # Errors that mean "the input is wrong": their message is the whole story. Anything else is reported in one line
 # too, with the hint that --log-level DEBUG shows where it came from.
 _INPUT_ERRORS = (ValueError, OSError, ImportError, RuntimeError, ArithmeticError)
+_THIRD_PARTY = ("transformers", "datasets", "peft", "huggingface_hub", "torch", "urllib3", "filelock")
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -140,11 +141,10 @@ def _quiet_third_party() -> None:
     import datasets
     import transformers
 
-    transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    datasets.utils.logging.set_verbosity_error()
     datasets.disable_progress_bars()
-    for module in ("transformers", "datasets", "peft", "torch", "huggingface_hub"):
+    for module in _THIRD_PARTY:
+        logging.getLogger(module).setLevel(logging.ERROR)
         warnings.filterwarnings("ignore", category=FutureWarning, module=rf"{module}(\.|$)")
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=rf"{module}(\.|$)")
 

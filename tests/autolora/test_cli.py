@@ -203,3 +203,28 @@ def test_log_level_is_accepted_before_and_after_the_command():
     assert parser.parse_args(["--log-level", "ERROR", "report", "out"]).log_level == "ERROR"
     assert parser.parse_args(["demo"]).log_level == "INFO"
     assert parser.parse_args(["run", "--log-level", "DEBUG"]).log_level == "DEBUG"
+
+
+def test_default_output_is_autolora_alone_and_names_a_new_head_once(tiny_dir, tmp_path):
+    """A process of its own on a bare encoder (the head is new, as with MiniLM): stderr holds autolora's log lines
+    only (no load report, progress bars or warnings of transformers, datasets or PEFT), the new head in one of them,
+    although the model is loaded twice (search, retrain)."""
+    import subprocess
+    import sys
+
+    from transformers import AutoTokenizer, BertModel
+
+    encoder_dir = tmp_path / "encoder"
+    BertModel.from_pretrained(tiny_dir / "model").save_pretrained(encoder_dir)
+    AutoTokenizer.from_pretrained(tiny_dir / "model").save_pretrained(encoder_dir)
+    args = common(tiny_dir, tmp_path / "out")
+    args[args.index("--model-name-or-path") + 1] = str(encoder_dir)
+    done = subprocess.run([sys.executable, "-m", "autolora.cli", "run", *args, "--search-max-steps", "2",
+                           "--retrain-max-steps", "2"], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert all(re.match(r"\d\d:\d\d:\d\d INFO autolora\.", line) for line in lines), done.stderr
+    assert [line.split(": ", 1)[1] for line in lines if "new task head" in line] == [
+        f"new task head classifier: initialised afresh ({encoder_dir} has none of this shape) and trained with the "
+        "LoRA weights"]
