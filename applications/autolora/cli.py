@@ -122,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"autolora {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"autolora {args.command}: interrupted", file=sys.stderr)
+        return 130
     finally:
         _leave_process_group()
     return 0

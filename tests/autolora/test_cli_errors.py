@@ -141,3 +141,13 @@ def test_the_real_process_prints_one_line_and_no_third_party_noise(tiny_dir, inp
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("autolora search: error: labels of mixed types"), \
         done.stderr
+
+
+def test_interrupt_is_one_line(tiny_dir, tmp_path, capsys, monkeypatch):  # noqa: F811
+    import autolora.pipeline
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(autolora.pipeline, "search", interrupted)
+    assert cli(["search", *common(tiny_dir, tmp_path / "out"), *SEARCH], capsys) == (130, "autolora search: interrupted\n")
