@@ -192,10 +192,10 @@ def retrain(run_config: RunConfig, data_config, config: AutoLoraConfig, retrain_
     if uniform_rank is not None and ranks is not None:
         raise ValueError("retrain: give --ranks or --uniform-rank, not both")
     distributed.on_main(_check_retrain_output, out, run_config.overwrite, create=False)
-    source = "ranks"
+    source = "ranks"   # how errors name the ranks: the file they came from, when they came from one
     if uniform_rank is None and not isinstance(ranks, RankResult):
-        source = f"--ranks {ranks or os.path.join(out, 'ranks.json')}"
-        ranks = load_ranks(ranks or os.path.join(out, "ranks.json"))
+        path = ranks or os.path.join(out, "ranks.json")
+        source, ranks = f"--ranks {path}", load_ranks(path)
         if ranks.total_rank == 0:
             raise ValueError(f"{source}: every matrix has rank 0, so there is nothing to retrain; pass ranks with "
                              "at least one rank >= 1 (or --uniform-rank R)")
