@@ -27,7 +27,7 @@ import time
 import torch
 
 import bilevel
-from bilevel.peak_memory import peak_memory
+from bilevel.compare.memory import peak_memory
 from autolora.config import AutoLoraConfig, SearchConfig
 from autolora.demo import minilm_path
 from autolora.injection import find_target_modules, gated_layers, head_module_names, inject_gated_lora, \
@@ -121,7 +121,7 @@ def sync(device):
 
 
 def peak_step_bytes(step, device) -> int:
-    """Transient bytes of one step (see the module docstring and bilevel.peak_memory)."""
+    """Transient bytes of one step (see the module docstring and bilevel.compare.memory)."""
     return peak_memory(step, device)[0]
 
 

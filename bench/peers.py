@@ -21,7 +21,7 @@ Groups of the same mathematics (each peer as its documentation and source say):
                (the one-step unroll that DARTS approximates).
 
 Protocol: one process; per group the contenders run in alternation (A B C A B C ...) after one warm-up each, so
-machine noise cancels in the ratios; the median time is reported. Peak memory: ``bilevel.peak_memory`` (CPU:
+machine noise cancels in the ratios; the median time is reported. Peak memory: ``bilevel.compare.memory`` (CPU:
 peak bytes of tensor storages created during the call and alive together; CUDA: max_memory_allocated).
 A second part checks betty's defects with numbers (``--no-claims`` skips it).
 
@@ -41,8 +41,8 @@ import torch.nn.functional as F
 
 import bilevel
 from bilevel import params as P
-from bilevel.comparison import cosine, relative_error
-from bilevel.peak_memory import peak_memory
+from bilevel.compare import cosine, relative_error
+from bilevel.compare.memory import peak_memory
 from bilevel.solvers import largest_eigenvalue
 from bilevel.hessian import InnerHessian
 from torch.utils._pytree import tree_map

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import os
 from typing import Any, Callable, Dict, Optional, Tuple
@@ -27,8 +26,10 @@ class Engine:
     Each outer step: ``config.inner_steps`` real optimizer steps of the inner level (outer parameters held fixed and
     detached), then one hypergradient of the outer loss through the inner level by ``method``, written into the outer
     parameters' ``.grad`` and applied by the outer optimizer. Method state (e.g. warm starts) is kept between steps.
-    A method given by name whose settings include ``lr`` (``finite_difference``, ``unroll``) takes the learning rate
-    of the inner optimizer; pass a method object to choose it yourself.
+    A method given by name (or as a ``MethodSpec``) is rebuilt before every hypergradient with the settings it
+    declares taken from the live inner optimizer: ``finite_difference`` and ``unroll`` model the inner step, so they
+    use its current learning rate (a scheduler's included), and an unroll its type and hyperparameters. A method
+    object is taken as given, except for such settings left at ``None``.
 
     >>> engine = Engine(inner=Train(model, ...), outer=Validate(hyper, ...), method="cg",
     ...                 config=EngineConfig(outer_steps=200))
@@ -41,12 +42,13 @@ class Engine:
                  on_step: Optional[Callable[["Engine", int], None]] = None):
         self.inner, self.outer = inner, outer
         inner.outer, outer.inner = outer, inner
-        self.method = _method_for(method, inner)
         self.config = config or EngineConfig()
-        self.on_validate, self.on_step = on_validate, on_step
         for level in (inner, outer):
             if level.optimizer is None:
                 raise ValueError(f"Engine: problem '{level.name}' has no optimizer; pass optimizer=... to it")
+        self._method_request = method
+        self.method = self._current_method()
+        self.on_validate, self.on_step = on_validate, on_step
         overlap = set(map(id, inner.stored_params.values())) & set(map(id, outer.stored_params.values()))
         if overlap:
             raise ValueError("Engine: the inner and outer levels share parameters; each parameter belongs to one level")
@@ -68,6 +70,10 @@ class Engine:
     def outer_loss(self, inner_params: Params, outer_params: Params, batch: Any) -> torch.Tensor:
         with self.inner.bind(inner_params), self.outer.bind(outer_params), self._autocast():
             return _at_least_float32(self.outer.loss(batch))
+
+    def _current_method(self) -> _methods.HypergradientMethod:
+        """The method with the settings it declares taken from the inner optimizer as it is now."""
+        return _methods.build(self._method_request, inner_optimizer=self.inner.optimizer)
 
     def _autocast(self):
         if self._autocast_dtype is None:
@@ -138,9 +144,10 @@ class Engine:
     def outer_step(self) -> _methods.HypergradientResult:
         """One hypergradient of the outer loss and one outer optimizer step."""
         inner_batch = self._last_inner_batch if self._last_inner_batch is not None else self._next(self.inner)
+        self.method = self._current_method()
         result = hypergradient(self.inner_loss, self.outer_loss, self.inner.stored_params, self.outer.stored_params,
                                inner_batch, self._next(self.outer), self.method, state=self.method_state,
-                               return_result=True)
+                               return_result=True, check_finite=False)
         if "outer_loss" in result.diagnostics:  # a method may return finite grads from a NaN loss (zero mixed term)
             self._check_finite(result.diagnostics["outer_loss"], "outer", "loss")
         finite = torch.stack([torch.isfinite(v).all() for v in result.grads.values()]).all()
@@ -240,23 +247,6 @@ class Engine:
         if self.config.check_finite and not bool(torch.isfinite(value).all()):
             raise FloatingPointError(f"Engine: non-finite {quantity} at outer step {self.step + 1} ({level} level); "
                                      "lower the learning rates, or check the data and the method's settings")
-
-
-def _method_for(method: Any, inner: Problem) -> _methods.HypergradientMethod:
-    """A method by name takes its inner learning rate (a setting named ``lr``) from the inner optimizer.
-
-    The finite-difference and unroll hypergradients model the inner update, so their ``lr`` must be the one the inner
-    level really uses; a method object is taken as given.
-    """
-    if not isinstance(method, str):
-        return _methods.get(method)
-    resolved = _methods.get(method)
-    has_lr = any(f.name == "lr" for f in dataclasses.fields(resolved)) if dataclasses.is_dataclass(resolved) else False
-    if has_lr and hasattr(inner.optimizer, "param_groups"):
-        lr = inner.optimizer.param_groups[0].get("lr")
-        if isinstance(lr, (int, float)) and lr > 0:
-            return _methods.get(method, lr=float(lr))
-    return resolved
 
 
 def _average_gradients(params: Params) -> None:

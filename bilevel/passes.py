@@ -33,6 +33,33 @@ class MicroBatches:
         return f"MicroBatches({len(self.batches)} micro-batches)"
 
 
+class StepBatches:
+    """One batch per step of an unroll (a plain list, tuple or dict is one batch, as a DataLoader yields it).
+
+    >>> bilevel.hypergradient(g, f, w, x, StepBatches([b1, b2, b3]), val, bilevel.methods.Unroll(steps=3, lr=0.1))
+    """
+
+    def __init__(self, batches: Sequence[Any]):
+        self.batches = tuple(batches)
+        if not self.batches:
+            raise ValueError("StepBatches: pass at least one batch")
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __repr__(self) -> str:
+        return f"StepBatches({len(self.batches)} batches)"
+
+
+def per_step_batches(batch: Any, steps: int) -> Tuple[Any, ...]:
+    """The batch of each of ``steps`` unroll steps: those of :class:`StepBatches`, else ``batch`` every step."""
+    if not isinstance(batch, StepBatches):
+        return (batch,) * steps
+    if len(batch) != steps:
+        raise ValueError(f"unroll: StepBatches holds {len(batch)} batches but steps={steps}; pass one batch per step")
+    return batch.batches
+
+
 def parts(batch: Any) -> Tuple[Any, ...]:
     """The micro-batches of ``batch`` (a plain batch is one part)."""
     return batch.batches if isinstance(batch, MicroBatches) else (batch,)

@@ -5,8 +5,8 @@ from __future__ import annotations
 def require_positive(owner: str, **values) -> None:
     """Raise ``ValueError`` naming the first setting that is not > 0."""
     for key, value in values.items():
-        if value is None or isinstance(value, bool) or not value > 0:
-            raise ValueError(f"{owner}: {key} must be > 0, got {value!r}")
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+            raise ValueError(f"{owner}: {key} must be a number > 0, got {value!r}")
 
 
 def require_positive_integer(owner: str, **values) -> None:

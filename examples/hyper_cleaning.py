@@ -125,12 +125,11 @@ def parse_args(argv=None):
 
 
 def make_method(args):
-    """Step-based methods get their step settings from the flags; the others their defaults."""
-    if args.method in ("unroll", "reverse"):
-        return bilevel.methods.get(args.method, steps=args.unroll_steps, lr=args.virtual_lr)
-    if args.method in ("finite_difference", "darts"):
-        return bilevel.methods.get(args.method, lr=args.virtual_lr)
-    return bilevel.methods.get(args.method)
+    """The method by name, with virtual SGD steps of size --virtual-lr wherever it models the inner step (a fixed
+    choice here, not the Adam rate of the real inner steps): an unroll takes its step count from the flags."""
+    counts_steps = bilevel.methods.get(args.method).main_count == "steps"
+    unroll = {"steps": args.unroll_steps, "optimizer": "sgd"} if counts_steps else {}
+    return bilevel.methods.build(args.method, inner_lr=args.virtual_lr, **unroll)
 
 
 def main(argv=None) -> dict:

@@ -105,15 +105,13 @@ def split_train(dataset, fraction: float, seed: int):
     return [dataset[i] for i in lower_idx], [dataset[i] for i in upper_idx]
 
 
-def build_method(config: SearchConfig) -> bilevel.HypergradientMethod:
-    """The hypergradient method of ``config``; a method with an ``lr`` setting gets the LoRA learning rate."""
-    kwargs = dict(config.method_kwargs)
-    probe = bilevel.methods.get(config.method, **kwargs)
-    names = {f.name for f in dataclasses.fields(probe)} if dataclasses.is_dataclass(probe) else set()
-    if "lr" in names and "lr" not in kwargs:
-        kwargs["lr"] = config.learning_rate
-        return bilevel.methods.get(config.method, **kwargs)
-    return probe
+def build_method(config: SearchConfig) -> bilevel.MethodSpec:
+    """The hypergradient method of ``config``, checked (an unknown name or setting raises here). Settings it leaves
+    out that the method declares (the inner learning rate; an unroll's optimizer) follow the LoRA weights' optimizer:
+    the Engine fills them before every step."""
+    spec = bilevel.MethodSpec(config.method, dict(config.method_kwargs))
+    spec.build(inner_lr=config.learning_rate)
+    return spec
 
 
 def _check_resume_settings(checkpoint_dir: str, settings: dict) -> None:
@@ -188,11 +186,11 @@ def search(model: nn.Module, train_dataset: Sequence, collate: Callable, config:
     else:
         lower_data, upper_data = split_train(train_dataset, search_config.validation_fraction, search_config.seed)
         method = build_method(search_config)
-        method_name = method.name
+        method_name = bilevel.methods.get(method.name).name  # the registered name of an alias
     lower_loader = ShardedLoader(lower_data, collate, search_config.batch_size, search_config.seed, device)
     upper_loader = ShardedLoader(upper_data, collate, search_config.batch_size, search_config.seed + 1, device)
     steps = search_config.max_steps or max(1, math.ceil(search_config.epochs * len(lower_loader)))
-    logger.info("search: %d outer steps, method %s, %d lower / %d upper examples", steps, method.name,
+    logger.info("search: %d outer steps, method %s, %d lower / %d upper examples", steps, method_name,
                 len(lower_data), len(upper_data))
 
     lower = LoraTraining(module=model, params=lower_params, data=lower_loader, name="lora_weights",

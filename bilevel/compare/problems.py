@@ -1,4 +1,4 @@
-"""Built-in bilevel problems for ``bilevel.compare``, registered by name, and the container for your own.
+"""Bilevel problems for ``compare``: the functional snapshot :class:`BilevelProblem`, built-in ones by name.
 
 Each factory ``make(seed=0)`` returns a :class:`BilevelProblem` whose inner parameters sit at the inner optimum, so
 that implicit methods are meaningful. All run in float64.
@@ -8,13 +8,15 @@ that implicit methods are meaningful. All run in float64.
 - ``logistic``: logistic regression with per-feature L2 weights on scikit-learn's breast-cancer data; inner by L-BFGS.
 - ``hyper_cleaning``: a linear softmax classifier on scikit-learn's digits with 40% of the training labels corrupted,
   one weight sigmoid(x_i) per training example; inner by L-BFGS.
-- ``autolora``: AutoLoRA's search problem (gated LoRA on query/value of a small BERT built from config; LoRA weights
-  and head inner with weight decay, selection logits outer); inner by L-BFGS.
+
+Applications add their own without the core knowing them: an entry point in the group ``bilevel.problems`` (name ->
+``module:function``) is listed and made by name like a built-in one; ``autolora`` registers its search problem so.
 
 scikit-learn and transformers are imported only by the problems that need them.
 """
 from __future__ import annotations
 
+import importlib
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional
@@ -22,7 +24,7 @@ from typing import Any, Callable, Dict, Optional
 import torch
 import torch.nn.functional as F
 
-from .params import Params
+from ..params import Params
 
 DTYPE = torch.float64
 
@@ -74,12 +76,47 @@ def register_problem(name: str) -> Callable:
     return decorator
 
 
+ENTRY_POINT_GROUP = "bilevel.problems"
+
+
+def _plugins() -> Dict[str, Any]:
+    """Problems that installed packages declare as entry points (name -> entry point), loaded only when made."""
+    from importlib.metadata import entry_points
+
+    return {point.name: point for point in entry_points(group=ENTRY_POINT_GROUP) if point.name not in PROBLEMS}
+
+
+def problem_names() -> list[str]:
+    """Built-in problems, then those installed packages add."""
+    return [*PROBLEMS, *sorted(_plugins())]
+
+
 def make_problem(name: str, seed: int = 0) -> BilevelProblem:
-    """A built-in problem by name."""
-    if name not in PROBLEMS:
-        raise ValueError(f"unknown problem '{name}'; built-in problems: {', '.join(PROBLEMS)} (or pass "
+    """A problem by name (built-in or an installed package's), or ``module:function`` called with ``seed=``."""
+    if name in PROBLEMS:
+        return _checked(PROBLEMS[name](seed=seed), name)
+    plugins = _plugins()
+    if name in plugins:
+        return _checked(plugins[name].load()(seed=seed), name)
+    if ":" not in name:
+        raise ValueError(f"unknown problem '{name}'; problems: {', '.join(problem_names())} (or pass "
                          "'module:function' returning a BilevelProblem)")
-    return PROBLEMS[name](seed=seed)
+    module_name, _, attribute = name.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"problem '{name}': cannot load {attribute} from {module_name} ({error})") from None
+    if not callable(factory):
+        raise ValueError(f"problem '{name}': {attribute} is a {type(factory).__name__}, not a function; name a "
+                         "function that takes seed= and returns a BilevelProblem")
+    return _checked(factory(seed=seed), name)
+
+
+def _checked(problem: Any, name: str) -> BilevelProblem:
+    if not isinstance(problem, BilevelProblem):
+        raise ValueError(f"problem '{name}' made a {type(problem).__name__}, expected a "
+                         "bilevel.compare.BilevelProblem")
+    return problem
 
 
 def _require(module: str, extra: str):
@@ -145,7 +182,8 @@ def ridge(seed: int = 0, n: int = 200, d: int = 40) -> BilevelProblem:
                           description=f"ridge regression, {n} examples, {d} features, per-feature L2 weights")
 
 
-def _lbfgs(loss: Callable[[], torch.Tensor], params: list) -> None:
+def minimize_lbfgs(loss: Callable[[], torch.Tensor], params: list) -> None:
+    """Minimise ``loss()`` over ``params`` in place by L-BFGS to near machine precision (a problem's inner optimum)."""
     optimizer = torch.optim.LBFGS(params, lr=1, max_iter=1000, tolerance_grad=1e-12, tolerance_change=1e-15,
                                   history_size=50, line_search_fn="strong_wolfe")
 
@@ -182,7 +220,7 @@ def logistic(seed: int = 0) -> BilevelProblem:
 
     w = torch.zeros(features.shape[1], dtype=DTYPE, requires_grad=True)
     batch = (features[train], labels[train])
-    _lbfgs(lambda: inner_loss({"w": w}, {"log_l2": log_l2}, batch), [w])
+    minimize_lbfgs(lambda: inner_loss({"w": w}, {"log_l2": log_l2}, batch), [w])
     return BilevelProblem(inner_loss, outer_loss, {"w": w.detach()}, {"log_l2": log_l2}, batch,
                           (features[val], labels[val]), inner_lr=1.0, name="logistic",
                           description="breast-cancer logistic regression (285 train / 284 val), per-feature L2, "
@@ -221,51 +259,8 @@ def hyper_cleaning(seed: int = 0, n_train: int = 300, n_val: int = 300, corrupti
     logits = torch.zeros(n_train, dtype=DTYPE)
     params = {"weight": torch.zeros(10, 64, dtype=DTYPE, requires_grad=True),
               "bias": torch.zeros(10, dtype=DTYPE, requires_grad=True)}
-    _lbfgs(lambda: inner_loss(params, {"logits": logits}, train), list(params.values()))
+    minimize_lbfgs(lambda: inner_loss(params, {"logits": logits}, train), list(params.values()))
     return BilevelProblem(inner_loss, outer_loss, {k: v.detach() for k, v in params.items()}, {"logits": logits},
                           train, val, inner_lr=0.5, name="hyper_cleaning",
                           description=f"digits hyper-cleaning, {n_train} train ({corruption:.0%} labels corrupted) / "
                                       f"{n_val} clean val, 650 inner / {n_train} outer, inner solved by L-BFGS")
-
-
-@register_problem("autolora")
-def autolora(seed: int = 0, batch_size: int = 8, seq_len: int = 16, weight_decay: float = 0.05) -> BilevelProblem:
-    """Gated LoRA (k = 4) on query/value of a 2-layer hidden-16 BERT built from config, in float64.
-
-    The inner loss is cross-entropy plus 0.5 * weight_decay * ||w||^2 on the LoRA weights and head (AdamW's decay
-    written into the loss), solved by L-BFGS: without the decay the inner Hessian at a trained point has negative
-    eigenvalues (measured: -0.01 against a largest of 0.2), where the implicit function theorem does not apply.
-    """
-    transformers = _require("transformers", "autolora")
-    from autolora.config import AutoLoraConfig
-    from autolora.injection import inject_gated_lora, lower_parameters, upper_parameters
-
-    torch.manual_seed(seed)
-    config = transformers.BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                                     intermediate_size=32, max_position_embeddings=seq_len, num_labels=2,
-                                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                                     attn_implementation="eager")
-    model = transformers.BertForSequenceClassification(config).to(DTYPE).eval()
-    inject_gated_lora(model, AutoLoraConfig(k=4, target_modules=["query", "value"], lora_dropout=0.0))
-    model.eval()  # the injected layers are new modules in training mode
-    g = _generator(seed)
-    make = lambda: {"input_ids": torch.randint(0, 100, (batch_size, seq_len), generator=g),
-                    "labels": torch.randint(0, 2, (batch_size,), generator=g)}
-    train, val = make(), make()
-
-    def outer_loss(inner, outer, batch):
-        return torch.func.functional_call(model, {**inner, **outer}, kwargs=batch).loss
-
-    def inner_loss(inner, outer, batch):
-        return outer_loss(inner, outer, batch) + 0.5 * weight_decay * sum((v ** 2).sum() for v in inner.values())
-
-    lower = {k: v.detach().clone().requires_grad_(True) for k, v in lower_parameters(model).items()}
-    upper = {k: v.detach().clone() for k, v in upper_parameters(model).items()}
-    _lbfgs(lambda: inner_loss(lower, upper, train), list(lower.values()))
-    n_inner = sum(v.numel() for v in lower.values())
-    return BilevelProblem(inner_loss, outer_loss, {k: v.detach() for k, v in lower.items()}, upper, train, val,
-                          inner_lr=0.1, name="autolora",
-                          description=f"AutoLoRA search: gated LoRA k=4 on query/value of a 2-layer hidden-16 BERT "
-                                      f"(float64), batch {batch_size} x {seq_len}, {n_inner} inner / "
-                                      f"{sum(v.numel() for v in upper.values())} outer, weight decay "
-                                      f"{weight_decay}, inner solved by L-BFGS")

@@ -1,14 +1,13 @@
 """Compare hypergradient methods on one bilevel problem: error against a reference, time, memory, cost.
 
-    from bilevel import compare
-    from bilevel.builtin_problems import make_problem
+    from bilevel.compare import compare, make_problem
     report = compare(make_problem("quadratic"), "cg:5,10,20 neumann:5,20 unroll:1,5 finite_difference first_order")
     print(report.table())
     report.plot("compare.png")
 
 For each method run: relative error ||g - r|| / ||r|| and cosine <g, r> / (||g|| ||r||) against the reference r,
 median wall time over ``repeats`` calls (after one warm-up call), peak memory of one more call (see
-:mod:`bilevel.peak_memory` for what is measured on CPU and on CUDA), and the counts the method reports in its
+:mod:`bilevel.compare.memory` for what is measured on CPU and on CUDA), and the counts the method reports in its
 diagnostics: loss passes (forward+backward, ``gradient_evaluations``) and Hessian-vector products (``hvp``). An
 unroll of K steps reports no ``hvp``: its backward through K steps costs about K of them, shown as ``~K``.
 The reference is, in order of preference: the problem's own (a closed form), the exact dense solve (method
@@ -19,101 +18,17 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Dict, List
 
 import torch
 
-from . import params as P
-from .builtin_problems import BilevelProblem
-from .hypergradient import hypergradient
-from .method_specs import MethodSpec, parse_specs
-from .methods import ConjugateGradient, Exact, Unroll
-from .peak_memory import peak_memory
-
-
-@dataclass
-class MethodReport:
-    """One row of the comparison; ``error`` holds the message when the method failed (other fields are then nan)."""
-
-    label: str
-    relative_error: float = math.nan
-    cosine: float = math.nan
-    seconds: float = math.nan
-    peak_bytes: float = math.nan
-    passes: float = math.nan
-    hvp: float = math.nan
-    hvp_estimated: bool = False
-    error: Optional[str] = None
-
-    @property
-    def cost(self) -> float:
-        """Loss passes plus Hessian-vector products: the x axis of the plot."""
-        return self.passes + self.hvp
-
-
-@dataclass
-class ComparisonReport:
-    """The rows plus how they were measured."""
-
-    problem: str
-    description: str
-    reference: str
-    memory: str
-    device: str
-    rows: List[MethodReport] = field(default_factory=list)
-
-    def table(self) -> str:
-        """A Markdown table with a header that says what the reference and the memory column are."""
-        lines = [f"problem: {self.problem} ({self.description})", f"reference: {self.reference}",
-                 f"memory: {self.memory}", f"device: {self.device}", "",
-                 "| method | rel. error | cosine | time (ms) | peak memory (KiB) | passes | HVPs |",
-                 "|---|---|---|---|---|---|---|"]
-        for row in self.rows:
-            if row.error is not None:
-                lines.append(f"| {row.label} | failed: {row.error} | | | | | |")
-                continue
-            hvp = f"~{row.hvp:.0f}" if row.hvp_estimated else f"{row.hvp:.0f}"
-            lines.append(f"| {row.label} | {row.relative_error:.3e} | {row.cosine:+.6f} | {row.seconds * 1e3:.2f} | "
-                         f"{row.peak_bytes / 1024:.1f} | {row.passes:.0f} | {hvp} |")
-        return "\n".join(lines)
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {"problem": self.problem, "description": self.description, "reference": self.reference,
-                "memory": self.memory, "device": self.device,
-                "rows": [dict(vars(row)) for row in self.rows]}
-
-    def plot(self, path: str) -> bool:
-        """Save relative error against cost (passes + HVPs); returns False when matplotlib is not installed."""
-        try:
-            import matplotlib
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            return False
-        figure, axis = plt.subplots(figsize=(6.5, 4.5))
-        families: Dict[str, list] = {}
-        for row in self.rows:
-            if row.error is None:
-                families.setdefault(row.label.split(":")[0], []).append(row)
-        floor = 1e-17  # exact answers would vanish from a log axis
-        for family, rows in families.items():
-            rows.sort(key=lambda r: r.cost)
-            axis.plot([r.cost for r in rows], [max(r.relative_error, floor) for r in rows], marker="o", label=family)
-            for r in rows:
-                axis.annotate(r.label, (r.cost, max(r.relative_error, floor)), fontsize=7, xytext=(3, 3),
-                              textcoords="offset points")
-        axis.set_xscale("log")
-        axis.set_yscale("log")
-        axis.set_xlabel("cost: loss passes + Hessian-vector products")
-        axis.set_ylabel("relative error")
-        axis.set_title(f"{self.problem}: error vs cost (reference: {self.reference.split(' (')[0]})", fontsize=9)
-        axis.grid(True, which="both", alpha=0.3)
-        axis.legend(fontsize=8)
-        figure.tight_layout()
-        figure.savefig(path, dpi=120)
-        plt.close(figure)
-        return True
+from .. import params as P
+from ..hypergradient import hypergradient
+from ..methods import ConjugateGradient, Exact, MethodSpec
+from .memory import peak_memory
+from .problems import BilevelProblem
+from .report import ComparisonReport, MethodReport
+from .specs import SpecError, parse_specs
 
 
 def relative_error(estimate: Dict[str, torch.Tensor], reference: Dict[str, torch.Tensor]) -> float:
@@ -157,9 +72,8 @@ def measure(problem: BilevelProblem, spec: MethodSpec, reference: Dict[str, torc
     report = MethodReport(spec.label)
     device = _device(problem)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    defaults = {"lr": problem.inner_lr} if problem.inner_lr is not None else {}
     try:
-        method = spec.build(defaults)
+        method = spec.build(inner_lr=problem.inner_lr)
         result = _run(problem, method)  # warm-up, and the values reported
         times = []
         for _ in range(repeats):
@@ -178,8 +92,8 @@ def measure(problem: BilevelProblem, spec: MethodSpec, reference: Dict[str, torc
     report.passes = result.diagnostics.get("gradient_evaluations", math.nan)
     if "hvp" in result.diagnostics:
         report.hvp = result.diagnostics["hvp"]
-    elif isinstance(method, Unroll):
-        report.hvp, report.hvp_estimated = method.steps, True
+    elif "hvp_estimate" in result.diagnostics:  # a backward through K steps: about K products
+        report.hvp, report.hvp_estimated = result.diagnostics["hvp_estimate"], True
     else:
         report.hvp = 0
     return report
@@ -187,12 +101,16 @@ def measure(problem: BilevelProblem, spec: MethodSpec, reference: Dict[str, torc
 
 def compare(problem: BilevelProblem, specs: List[str] | str, repeats: int = 3,
             exact_max_size: int = 2000) -> ComparisonReport:
-    """Run every method of ``specs`` (see :mod:`bilevel.method_specs`) on ``problem`` and compare with a reference."""
+    """Run every method of ``specs`` (see :mod:`bilevel.compare.specs`) on ``problem`` and compare with a reference."""
     if not isinstance(problem, BilevelProblem):
         raise TypeError(f"compare: problem must be a BilevelProblem, got {type(problem).__name__}")
     if not (isinstance(repeats, int) and repeats >= 1):
         raise ValueError(f"compare: repeats must be an integer >= 1, got {repeats!r}")
     runs = parse_specs(specs)
+    for run in runs:  # a method that models the inner step needs the step size: say so before anything runs
+        if problem.inner_lr is None and run.build().missing_settings():
+            raise SpecError(f"method spec '{run.label}': problem '{problem.name}' has no inner_lr, and "
+                            f"{run.name} models the inner step; give it as {run.name}:lr=...")
     reference, reference_name = reference_hypergradient(problem, exact_max_size)
     device = _device(problem)
     memory = peak_memory(lambda: None, device)[1]

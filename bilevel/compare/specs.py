@@ -8,7 +8,8 @@ Grammar (one spec; a list of specs is separated by whitespace)::
     value  := an integer, a float, true / false, none, or a bare word
 
 ``name`` is any registered method (``bilevel.methods.names()``). Each ``count`` gives one run whose main count is
-that number: ``iterations`` for cg and neumann, ``steps`` for unroll; methods without a main count take no counts.
+that number: the setting the method declares as its ``main_count`` (``iterations`` for cg and neumann, ``steps`` for
+unroll); methods without a main count take no counts.
 ``key=value`` items are settings of the method (its dataclass fields) and apply to every run of the spec:
 
     cg:5,10,20                 -> cg with iterations 5, 10 and 20
@@ -19,34 +20,14 @@ that number: ``iterations`` for cg and neumann, ``steps`` for unroll; methods wi
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Any, Dict, List
+from typing import Any, List
 
-from . import methods as _methods
-
-# The setting that a bare number in a spec sets, per method name (aliases included).
-MAIN_COUNT: Dict[str, str] = {"cg": "iterations", "conjugate_gradient": "iterations", "neumann": "iterations",
-                              "unroll": "steps", "reverse": "steps"}
+from .. import methods as _methods
+from ..methods import MethodSpec
 
 
 class SpecError(ValueError):
     """A method spec that does not follow the grammar; the message is one line that says what to change."""
-
-
-@dataclass
-class MethodSpec:
-    """One run: a registered method name, its settings, and the label printed for it (e.g. ``cg:10``)."""
-
-    name: str
-    settings: Dict[str, Any] = field(default_factory=dict)
-    label: str = ""
-
-    def build(self, defaults: Dict[str, Any] | None = None) -> _methods.HypergradientMethod:
-        """The method object; ``defaults`` fill settings the spec leaves out and the method has (e.g. ``lr``)."""
-        fields = setting_names(self.name)
-        settings = {k: v for k, v in (defaults or {}).items() if k in fields}
-        settings.update(self.settings)
-        return _methods.get(self.name, **settings)
 
 
 def setting_names(name: str) -> List[str]:
@@ -77,6 +58,7 @@ def parse_spec(text: str) -> List[MethodSpec]:
         raise SpecError(f"method spec '{text}': unknown method '{name}'; registered methods: "
                         f"{', '.join(_methods.names())}")
     valid = setting_names(key)
+    main = _methods.get(key).main_count
     counts, settings = [], {}
     for item in (rest.split(",") if rest else []):
         item = item.strip()
@@ -88,7 +70,7 @@ def parse_spec(text: str) -> List[MethodSpec]:
                                 f"{', '.join(valid) or 'none'}")
             settings[setting] = _value(value.strip())
         elif item.isdigit() and int(item) > 0:
-            if key not in MAIN_COUNT:
+            if main is None:
                 raise SpecError(f"method spec '{text}': {key} takes no count; give settings as key=value "
                                 f"(settings: {', '.join(valid) or 'none'})")
             counts.append(int(item))
@@ -100,14 +82,13 @@ def parse_spec(text: str) -> List[MethodSpec]:
     if not counts:
         runs = [MethodSpec(key, dict(settings), f"{key}:{extra}" if extra else key)]
     else:
-        main = MAIN_COUNT[key]
         runs = [MethodSpec(key, {**settings, main: n}, f"{key}:{n}" + (f",{extra}" if extra else ""))
                 for n in counts]
     for run in runs:  # fail on bad values now, with the method's own message, not halfway through a comparison
         try:
             run.build()
         except (TypeError, ValueError) as error:
-            raise SpecError(f"method spec '{text}': {error}") from None
+            raise SpecError(f"method spec '{text}': {str(error).splitlines()[0]}") from None
     return runs
 
 

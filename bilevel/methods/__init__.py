@@ -2,9 +2,10 @@
 
 >>> import bilevel
 >>> bilevel.methods.get("cg", iterations=50)
+>>> bilevel.methods.build("unroll", inner_optimizer=torch.optim.Adam(...))  # settings it declares, filled
 >>> bilevel.methods.names()
 """
-from .base import HypergradientMethod, HypergradientResult, get, names, register
+from .base import HypergradientMethod, HypergradientResult, MethodSpec, build, get, names, register
 from .conjugate_gradient import ConjugateGradient
 from .exact import Exact
 from .finite_difference import FiniteDifference
@@ -14,5 +15,5 @@ from .implicit import Implicit, ImplicitMethod
 from .neumann import Neumann
 from .unroll import Unroll
 
-__all__ = ["HypergradientMethod", "HypergradientResult", "get", "names", "register", "ConjugateGradient", "Exact",
+__all__ = ["HypergradientMethod", "HypergradientResult", "MethodSpec", "build", "get", "names", "register", "ConjugateGradient", "Exact",
            "FiniteDifference", "FirstOrder", "IdentityImplicit", "Implicit", "ImplicitMethod", "Neumann", "Unroll"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Dict, Optional
+from typing import Any, Callable, ClassVar, Dict, Mapping, Optional
 
 import torch
 
@@ -36,14 +36,37 @@ class HypergradientMethod:
     require grad), the two losses ``g(w, x, batch)`` (inner) and ``f(w, x, batch)`` (outer), and returns
     d f(w*(x), x) / dx under its approximation of the response ``w*(x)``. Subclasses are dataclasses whose fields are
     the method's settings; they validate them in ``__post_init__``.
+
+    A method declares the facts callers need about its settings, so that nobody keeps a table of them:
+    ``main_count`` names the setting a bare number in a method spec sets (``iterations``, ``steps``), and
+    ``inner_lr`` names the setting that models the inner optimizer's learning rate, which :func:`build` (and through
+    it the Engine, ``compare`` and ``autolora``) fills from what the caller knows.
+    :meth:`inner_optimizer_settings` says which settings a live ``torch.optim`` optimizer determines, and
+    :meth:`settings_from_inner_optimizer` reads them off it.
     """
 
     name: ClassVar[str] = ""
     needs_second_derivatives: ClassVar[bool] = False
+    main_count: ClassVar[Optional[str]] = None
+    inner_lr: ClassVar[Optional[str]] = None
+
+    @classmethod
+    def inner_optimizer_settings(cls) -> tuple[str, ...]:
+        """The settings a live inner optimizer determines: by default the inner learning rate alone."""
+        return (cls.inner_lr,) if cls.inner_lr is not None else ()
+
+    @classmethod
+    def settings_from_inner_optimizer(cls, optimizer: torch.optim.Optimizer, wanted: set[str]) -> Dict[str, Any]:
+        """Values of the ``wanted`` settings (some of :meth:`inner_optimizer_settings`) read off ``optimizer``."""
+        return {cls.inner_lr: learning_rate_of(optimizer, cls.name)} if cls.inner_lr in wanted else {}
 
     def compute(self, inner_loss: Loss, outer_loss: Loss, inner_params: Params, outer_params: Params,
                 inner_batch: Any, outer_batch: Any, state: Any = None) -> HypergradientResult:
         raise NotImplementedError
+
+    def missing_settings(self) -> list[str]:
+        """Declared settings still unset (``None``): the inner learning rate when no caller knew it."""
+        return [self.inner_lr] if self.inner_lr is not None and getattr(self, self.inner_lr) is None else []
 
     def settings(self) -> Dict[str, Any]:
         """The method's settings as a plain dict (for logs and checkpoints)."""
@@ -99,3 +122,66 @@ def get(method: str | HypergradientMethod, **settings: Any) -> HypergradientMeth
             raise ValueError(f"method '{method}' has no setting {', '.join(unknown)}; its settings: "
                              f"{', '.join(valid) or 'none'}")
     return factory(**settings)
+
+
+def build(method: "str | HypergradientMethod | MethodSpec", *, inner_lr: Optional[float] = None,
+          inner_optimizer: Optional[torch.optim.Optimizer] = None, **settings: Any) -> HypergradientMethod:
+    """A method object with the settings it declares filled from what the caller knows.
+
+    ``method`` is a registered name (with ``settings``), a :class:`MethodSpec` or a method object. The settings the
+    method declares (its ``inner_lr``; an unroll's optimizer) are taken from the live ``inner_optimizer`` (see
+    :meth:`HypergradientMethod.settings_from_inner_optimizer`), else ``inner_lr`` fills the learning rate. Only
+    settings the caller left unset are filled: those not given by name, or ``None`` on an object.
+
+    >>> build("finite_difference", inner_lr=0.1).lr
+    0.1
+    """
+    if isinstance(method, MethodSpec):
+        if settings:
+            raise ValueError(f"methods.build: settings {sorted(settings)} given with a MethodSpec; put them in it")
+        method, settings = method.name, dict(method.settings)
+    if isinstance(method, HypergradientMethod):
+        made, fixed = get(method, **settings), None
+    else:
+        made = get(method, **settings)
+        fixed = set(settings)
+    declared = type(made).inner_optimizer_settings()
+    unset = {k for k in declared if getattr(made, k) is None} if fixed is None else set(declared) - fixed
+    if not unset:
+        return made
+    if inner_optimizer is not None:
+        known = type(made).settings_from_inner_optimizer(inner_optimizer, unset)
+    elif inner_lr is not None and made.inner_lr in unset:
+        known = {made.inner_lr: float(inner_lr)}
+    else:
+        known = {}
+    fill = {k: v for k, v in known.items() if k in unset and getattr(made, k) != v}
+    return dataclasses.replace(made, **fill) if fill and dataclasses.is_dataclass(made) else made
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method by name with the settings its caller fixed; :meth:`build` fills the rest that the method declares.
+
+    The Engine rebuilds a method given this way (or by a plain name) before every hypergradient, so its inner learning
+    rate follows the inner optimizer's live one (a scheduler's changes included). ``label`` names the run in reports.
+
+    >>> Engine(inner, outer, method=MethodSpec("unroll", {"steps": 5}))
+    """
+
+    name: str
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    label: str = ""
+
+    def build(self, inner_lr: Optional[float] = None,
+              inner_optimizer: Optional[torch.optim.Optimizer] = None) -> HypergradientMethod:
+        return build(self, inner_lr=inner_lr, inner_optimizer=inner_optimizer)
+
+
+def learning_rate_of(optimizer: torch.optim.Optimizer, method: str) -> float:
+    """The one learning rate of ``optimizer`` (all parameter groups must agree: a method models one inner step)."""
+    rates = {float(group["lr"]) for group in optimizer.param_groups}
+    if len(rates) != 1:
+        raise ValueError(f"{method}: the inner optimizer's parameter groups have learning rates {sorted(rates)}, but "
+                         f"this method models one inner step size; pass a method object with its lr set")
+    return rates.pop()

@@ -18,6 +18,8 @@ class ConjugateGradient(ImplicitMethod):
     ``warm_start=True`` starts each solve from the previous solution (kept in the method state).
     """
 
+    main_count = "iterations"
+
     iterations: int = 20
     tol: float = 1e-10
     damping: float = 0.0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from .. import params as P
 from ..distributed import mean_across_ranks
@@ -39,15 +40,20 @@ class FiniteDifference(HypergradientMethod):
         d f(w', x) / dx = grad_x f(w', x) - eta * [grad_x g(w + e v, x) - grad_x g(w - e v, x)] / (2e),  e = epsilon/||v||
 
     This is the exact derivative of the one-step unroll up to O(e^2). The factor eta matters: dropping it (as one
-    popular library does) scales the second-order term by 1/eta, e.g. 3,300x at Adam's lr 3e-4.
+    popular library does) scales the second-order term by 1/eta, e.g. 3,300x at Adam's lr 3e-4. ``lr`` left unset is
+    filled by the caller that knows it (an Engine from its live inner optimizer, ``hypergradient(..., inner_lr=)``).
     Cost: four forward+backward passes (inner at w, outer at w', inner at w +- e v); no second derivatives.
     """
 
-    lr: float = 0.01
+    inner_lr = "lr"
+
+    lr: Optional[float] = None
     epsilon: float = 0.01
 
     def __post_init__(self):
-        require_positive("FiniteDifference", lr=self.lr, epsilon=self.epsilon)
+        require_positive("FiniteDifference", epsilon=self.epsilon)
+        if self.lr is not None:
+            require_positive("FiniteDifference", lr=self.lr)
 
     def compute(self, inner_loss, outer_loss, inner_params, outer_params, inner_batch, outer_batch, state=None):
         detached_outer = P.detached(outer_params)

@@ -19,6 +19,8 @@ class Neumann(ImplicitMethod):
     that blows up raises ``SolverDivergedError`` suggesting a smaller step.
     """
 
+    main_count = "iterations"
+
     iterations: int = 50
     step: Optional[float] = None
     power_iterations: int = 20

@@ -97,11 +97,26 @@ def test_lower_step_leaves_logits_and_upper_step_leaves_lora_weights():
     assert all(not torch.equal(p, logits0[n]) for n, p in upper_params.items())
 
 
+def _engine_method(config: SearchConfig) -> bilevel.HypergradientMethod:
+    """The method an Engine with the search's LoRA optimizer (Adam at config.learning_rate) runs."""
+    model = tiny_model("bert")
+    inject_gated_lora(model, AutoLoraConfig(k=2))
+    lower_params, upper_params = lower_parameters(model), upper_parameters(model)
+    lower = LoraTraining(module=model, params=lower_params, data=[tiny_batch()],
+                         optimizer=torch.optim.Adam(list(lower_params.values()), lr=config.learning_rate,
+                                                    weight_decay=config.weight_decay))
+    upper = GateSelection(module=model, params=upper_params, data=[tiny_batch(seed=2)],
+                          optimizer=torch.optim.Adam(list(upper_params.values()), lr=1e-2))
+    return bilevel.Engine(lower, upper, method=build_method(config)).method
+
+
 def test_method_gets_the_lora_learning_rate():
-    method = build_method(SearchConfig(learning_rate=1e-3))
+    method = _engine_method(SearchConfig(learning_rate=1e-3))
     assert method.name == "finite_difference" and method.lr == 1e-3
-    assert build_method(SearchConfig(method="finite_difference", method_kwargs={"lr": 0.5})).lr == 0.5
-    assert build_method(SearchConfig(method="identity_implicit")).name == "identity_implicit"
+    assert _engine_method(SearchConfig(method="finite_difference", method_kwargs={"lr": 0.5})).lr == 0.5
+    assert _engine_method(SearchConfig(method="identity_implicit")).name == "identity_implicit"
+    unroll = _engine_method(SearchConfig(method="unroll", learning_rate=2e-3, weight_decay=0.1))
+    assert (unroll.lr, unroll.optimizer, unroll.optimizer_settings["weight_decay"]) == (2e-3, "adam", 0.1)
     with pytest.raises(ValueError, match="registered methods"):
         build_method(SearchConfig(method="nope"))
 

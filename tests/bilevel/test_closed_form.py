@@ -3,6 +3,7 @@ problem, and the K-step SGD unroll recursion dw_{t+1}/dlambda = (I - eta A) dw_t
 import pytest
 import torch
 
+from bilevel import StepBatches
 from bilevel.methods import ConjugateGradient, Exact, Neumann, Unroll
 from bilevel.solvers import SolverDivergedError
 from problems import DT, Quadratic, Ridge, hypergradient, relative_error
@@ -115,7 +116,7 @@ def test_unroll_with_one_batch_per_step_matches_recursion():
     problem = Ridge(per_feature=True)
     X, y = problem.inner_batch
     batches = [(X[i::3], y[i::3]) for i in range(3)]
-    value = hypergradient(problem, Unroll(steps=3, lr=0.2), problem.w0, problem.x0, inner_batch=batches)
+    value = hypergradient(problem, Unroll(steps=3, lr=0.2), problem.w0, problem.x0, inner_batch=StepBatches(batches))
     expected = _ridge_recursion(problem, problem.w0, problem.x0, batches, 0.2)
     assert relative_error(value, expected) < 1e-12
     same_batch = _ridge_recursion(problem, problem.w0, problem.x0, [batches[0]] * 3, 0.2)
@@ -158,15 +159,18 @@ def test_long_unroll_from_optimum_approaches_implicit():
 @pytest.mark.parametrize("method", [ConjugateGradient(), Neumann(), Neumann(step=0.1), Exact()],
                          ids=["cg", "neumann", "neumann_fixed_step", "exact"])
 def test_non_finite_outer_gradient_gives_a_non_finite_hypergradient(method):
-    """A NaN in grad_w f must reach the result (for the Engine's check), not vanish into a zero solve."""
+    """A NaN in grad_w f must reach the result (for the Engine's check), not vanish into a zero solve; checked, the
+    functional call names the outer loss rather than blaming the solver."""
     problem = Ridge(per_feature=True)
     X, y = problem.outer_batch
     y = y.clone()
     y[0] = float("nan")
     problem.outer_batch = (X, y)
     x = problem.x0
-    value = hypergradient(problem, method, problem.w_star(x), x)
+    value = hypergradient(problem, method, problem.w_star(x), x, check_finite=False)
     assert not torch.isfinite(value).all()
+    with pytest.raises(FloatingPointError, match=r"^hypergradient: outer_loss is nan at the given parameters"):
+        hypergradient(problem, method, problem.w_star(x), x)
 
 
 def test_cg_warm_start_reuses_the_previous_solution():

@@ -86,7 +86,7 @@ def test_identity_implicit_is_exact_for_bilinear_coupling(problem):
 
 def _method_for(name):
     settings = {"implicit": {"solver": bilevel.solvers.DenseSolver()}}
-    return bilevel.methods.get(name, **settings.get(name, {}))
+    return bilevel.methods.build(name, inner_lr=0.1, **settings.get(name, {}))
 
 
 @pytest.mark.parametrize("name", bilevel.methods.names())
@@ -144,7 +144,7 @@ class MaskRecorder:
 @pytest.mark.parametrize("name", ["finite_difference", "identity_implicit", "cg", "neumann", "exact", "unroll"])
 def test_every_pass_of_one_hypergradient_sees_the_same_dropout_masks(name):
     problem = MaskRecorder()
-    method = bilevel.methods.get(name, **({"steps": 3} if name == "unroll" else {}))
+    method = bilevel.methods.build(name, inner_lr=0.1, **({"steps": 3} if name == "unroll" else {}))
     bilevel.hypergradient(problem.g, problem.f, {"w": problem.w}, {"x": problem.x}, None, None, method)
     for level, masks in problem.masks.items():
         assert masks, level
@@ -180,7 +180,7 @@ def test_hypergradient_is_reproducible_from_the_global_seed():
     for _ in range(2):
         torch.manual_seed(123)
         results.append(bilevel.hypergradient(problem.g, problem.f, {"w": problem.w}, {"x": problem.x}, None, None,
-                                             "finite_difference")["x"])
+                                             "finite_difference", inner_lr=0.1)["x"])
     assert torch.equal(results[0], results[1])
 
 

@@ -73,7 +73,7 @@ def test_output_has_the_keys_shapes_and_dtypes_of_outer_params(inner_shapes, out
     def f(w, x, batch):
         return 0.5 * (flat(w) ** 2).sum() + 0.5 * (flat(x) ** 2).sum()
 
-    grads = bilevel.hypergradient(g, f, inner, outer, None, None, name)
+    grads = bilevel.hypergradient(g, f, inner, outer, None, None, name, inner_lr=0.1)
     assert list(grads) == list(outer)
     for k, v in outer.items():
         assert grads[k].shape == v.shape and grads[k].dtype == v.dtype, k

@@ -18,8 +18,11 @@ SETTINGS = {  # settings some registered names need to be exact on these small p
 }
 
 
+INNER_LR = 0.05  # what a caller that knows the inner step gives the methods that model it
+
+
 def make_method(name):
-    return bilevel.methods.get(name, **SETTINGS.get(name, {}))
+    return bilevel.methods.build(name, inner_lr=INNER_LR, **SETTINGS.get(name, {}))
 
 
 def reference_and_tolerance(problem, method, w, x):

@@ -79,7 +79,7 @@ def test_unroll_matches_higher(optimizer, steps, per_step_batches):
     (name, settings), make_optimizer = ONE_STEP_ADAM if (optimizer, steps) == ("adam", 1) else OPTIMIZERS[optimizer]
     lr = LR[optimizer]
     batches = data[:steps] if per_step_batches else [data[0]] * steps
-    inner_batch = list(batches) if per_step_batches else data[0]
+    inner_batch = bilevel.StepBatches(batches) if per_step_batches else data[0]
     method = bilevel.methods.Unroll(steps=steps, lr=lr, optimizer=name, optimizer_settings=settings)
     inner = {k: v.detach().clone() for k, v in model.named_parameters()}
     ours = bilevel.hypergradient(inner_loss_of(model), outer_loss_of(model), inner, log_decay, inner_batch,

@@ -1,15 +1,15 @@
 """bilevel.compare: reported errors against independent computations, pass counts, spec grammar, the CLI."""
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from bilevel import methods
-from bilevel.builtin_problems import BilevelProblem, make_problem
-from bilevel.cli import main
-from bilevel import compare
-from bilevel.method_specs import SpecError, parse_specs
+from bilevel.compare import BilevelProblem, SpecError, compare, make_problem, parse_specs
+from bilevel.compare.cli import main
 
 DTYPE = torch.float64
 
@@ -109,8 +109,9 @@ def test_spec_grammar():
     assert runs[1].settings == {"damping": 0.1, "iterations": 10}
     assert isinstance(runs[2].build(), methods.Unroll) and runs[2].build().steps == 2
     # the problem's inner_lr fills lr only when the spec leaves it out
-    assert parse_specs("unroll:1")[0].build({"lr": 0.3}).lr == 0.3
-    assert runs[2].build({"lr": 0.3}).lr == 0.05
+    assert parse_specs("unroll:1")[0].build(inner_lr=0.3).lr == 0.3
+    assert runs[2].build(inner_lr=0.3).lr == 0.05
+    assert parse_specs("unroll:1")[0].build().lr is None  # unknown until a caller knows the inner step
 
 
 @pytest.mark.parametrize("spec, fragment", [
@@ -120,7 +121,7 @@ def test_spec_grammar():
     ("cg:five", "neither a positive integer count nor key=value"),
     ("cg:speed=2", "'speed' is not a setting of cg"),
     ("cg:", "nothing after ':'"),
-    ("finite_difference:lr=-1", "lr must be > 0"),
+    ("finite_difference:lr=-1", "lr must be a number > 0"),
 ])
 def test_spec_errors_are_one_line(spec, fragment):
     with pytest.raises(SpecError) as error:
@@ -176,3 +177,47 @@ def test_larger_builtin_problems_compare_end_to_end(name, module):
     report = compare(problem, "cg:30 first_order", repeats=1)
     assert report.reference.startswith("exact dense solve")
     assert report.rows[0].relative_error < 1e-4 and report.rows[1].error is None
+
+
+def test_cli_writes_nothing_unless_asked(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["compare", "quadratic", "cg:5", "--repeats", "1"]) == 0
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["json:decoder"], "problem 'json:decoder': decoder is a module, not a function"),
+    (["quadratic", "--json", "/no/such/folder/r.json"], "--json /no/such/folder/r.json: the folder /no/such/folder "
+                                                        "does not exist"),
+    (["quadratic", "--plot", "/no/such/folder/r.png"], "--plot /no/such/folder/r.png: the folder"),
+    (["quadratic", "finite_difference:lr=abc"], "lr must be a number > 0, got 'abc'"),
+    (["nowhere"], "unknown problem 'nowhere'; problems: quadratic, ridge, logistic, hyper_cleaning, autolora"),
+])
+def test_cli_bad_input_is_one_line_before_anything_runs(argv, fragment, capsys):
+    assert main(["compare", *argv, "--repeats", "1"]) == 2
+    captured = capsys.readouterr()
+    assert fragment in captured.err and captured.err.count("\n") == 1 and captured.out == ""
+
+
+def test_a_spec_that_needs_the_inner_step_is_refused_on_a_problem_without_one():
+    problem, _ = closed_form_problem(0)
+    problem.inner_lr = None
+    with pytest.raises(SpecError, match=r"has no inner_lr, and finite_difference models the inner step; give it as "
+                                        r"finite_difference:lr=\.\.\."):
+        compare(problem, "cg:5 finite_difference", repeats=1)
+    assert compare(problem, "finite_difference:lr=0.1", repeats=1).rows[0].error is None
+
+
+def test_an_application_adds_its_problem_through_the_entry_point_group():
+    """The core never imports autolora; the installed package declares its problem in `bilevel.problems`."""
+    from importlib.metadata import entry_points
+
+    from bilevel.compare.problems import ENTRY_POINT_GROUP, PROBLEMS, problem_names
+
+    assert "autolora" not in PROBLEMS and "autolora" in problem_names()
+    assert [p.value for p in entry_points(group=ENTRY_POINT_GROUP) if p.name == "autolora"] == \
+        ["autolora.compare_problem:make_problem"]
+    listing = subprocess.run([sys.executable, "-c", "import sys, bilevel; bilevel.compare.problem_names(); "
+                              "print(sorted(m for m in sys.modules if m.split('.')[0] == 'autolora'))"],
+                             capture_output=True, text=True, check=True)
+    assert listing.stdout.strip() == "[]"

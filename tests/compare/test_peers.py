@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import bilevel
-from bilevel.comparison import relative_error
+from bilevel.compare import relative_error
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 peers = pytest.importorskip("peers")

@@ -1,0 +1,73 @@
+"""The functional API on bad input: a NaN loss is named (not returned, not blamed on a solver), a parameter name
+the loss does not find and a non-scalar loss get one-line errors, and a method that models the inner step says
+that it needs the inner learning rate."""
+import pytest
+import torch
+
+import bilevel
+
+DT = torch.float64
+METHODS = {name: {"implicit": {"solver": bilevel.solvers.DenseSolver()}}.get(name, {})
+           for name in bilevel.methods.names()}
+
+
+def quadratic(nan_in=None):
+    """g = 0.5 w^T A w - w^T x, f = 0.5 ||w - 1||^2 (+ NaN in one of them), at the inner optimum w = A^-1 x."""
+    a = torch.tensor([[2.0, 0.3], [0.3, 1.0]], dtype=DT)
+    x = torch.tensor([0.5, -1.0], dtype=DT)
+
+    def g(inner, outer, batch):
+        value = 0.5 * inner["w"] @ a @ inner["w"] - inner["w"] @ outer["x"]
+        return value * float("nan") if nan_in == "inner_loss" else value
+
+    def f(inner, outer, batch):
+        value = 0.5 * ((inner["w"] - 1) ** 2).sum()
+        return value * float("nan") if nan_in == "outer_loss" else value
+
+    return g, f, {"w": torch.linalg.solve(a, x)}, {"x": x}
+
+
+@pytest.mark.parametrize("role", ["inner_loss", "outer_loss"])
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_a_nan_loss_is_named_for_every_method(name, role):
+    g, f, inner, outer = quadratic(nan_in=role)
+    if bilevel.methods.get(name).name == "first_order" and role == "inner_loss":
+        grads = bilevel.hypergradient(g, f, inner, outer, None, None, name)  # first order never evaluates g
+        assert torch.equal(grads["x"], torch.zeros(2, dtype=DT))
+        return
+    with pytest.raises(FloatingPointError) as error:
+        bilevel.hypergradient(g, f, inner, outer, None, None, bilevel.methods.get(name, **METHODS[name]),
+                              inner_lr=0.1)
+    message = str(error.value)
+    assert message.startswith(f"hypergradient: {role} is nan at the given parameters") and "\n" not in message
+    unchecked = bilevel.hypergradient(g, f, inner, outer, None, None, bilevel.methods.get(name, **METHODS[name]),
+                                      inner_lr=0.1, check_finite=False) if role == "outer_loss" else None
+    if unchecked is not None and bilevel.methods.get(name).name != "first_order":
+        assert not torch.isfinite(unchecked["x"]).all()  # unchecked, the NaN reaches the caller (the Engine checks)
+
+
+def test_a_parameter_name_the_loss_does_not_find_names_both_dicts():
+    g, f, inner, outer = quadratic()
+    typo = lambda i, o, b: 0.5 * ((i["weights"] - 1) ** 2).sum()  # noqa: E731
+    with pytest.raises(KeyError, match=r"hypergradient: outer_loss looked up 'weights', which it did not find "
+                                       r"\(inner parameters: w; outer parameters: x\)"):
+        bilevel.hypergradient(g, typo, inner, outer, None, None, "cg")
+
+
+@pytest.mark.parametrize("role", ["inner_loss", "outer_loss"])
+def test_a_non_scalar_loss_is_named(role):
+    g, f, inner, outer = quadratic()
+    per_entry = lambda i, o, b: 0.5 * i["w"] ** 2  # noqa: E731
+    losses = (per_entry, f) if role == "inner_loss" else (g, per_entry)
+    with pytest.raises(ValueError, match=rf"^hypergradient: {role} returned \(2,\), not a scalar tensor; reduce it"):
+        bilevel.hypergradient(*losses, inner, outer, None, None, "cg")
+
+
+@pytest.mark.parametrize("name", ["finite_difference", "darts", "unroll"])
+def test_a_method_that_models_the_inner_step_asks_for_its_learning_rate(name):
+    g, f, inner, outer = quadratic()
+    with pytest.raises(ValueError, match=r"needs lr; pass inner_lr=\.\.\. \(the inner learning rate\)"):
+        bilevel.hypergradient(g, f, inner, outer, None, None, name)
+    given = bilevel.hypergradient(g, f, inner, outer, None, None, name, inner_lr=0.1)
+    explicit = bilevel.hypergradient(g, f, inner, outer, None, None, bilevel.methods.get(name, lr=0.1))
+    torch.testing.assert_close(given, explicit, rtol=0, atol=0)
