@@ -24,6 +24,7 @@ def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(handle, 0o666 & ~current_umask())  # mkstemp's 0600 would hide the file from the owner's group
         with os.fdopen(handle, "wb") as file:
             yield file
             file.flush()
@@ -33,6 +34,13 @@ def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
         if os.path.exists(temporary):
             os.remove(temporary)
         raise
+
+
+def current_umask() -> int:
+    """The process umask (reading it means setting it: the only portable way)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save_atomic(state: Dict[str, Any], path: str | os.PathLike) -> Path:

@@ -135,11 +135,11 @@ class Engine:
                 loss = self.inner.loss(piece) / len(pieces)
             self._check_finite(loss, "inner", "loss")
             self._scaler.scale(loss).backward()
-            total += float(loss.detach())
+            total = total + loss.detach()
         self._scaler.unscale_(self.inner.optimizer)
-        _average_gradients(self.inner.stored_params)
+        total = _average_gradients(self.inner.stored_params, total)
         self._apply_inner_gradients()
-        return total
+        return float(total)
 
     def outer_step(self) -> _methods.HypergradientResult:
         """One hypergradient of the outer loss and one outer optimizer step."""
@@ -249,13 +249,18 @@ class Engine:
                                      "lower the learning rates, or check the data and the method's settings")
 
 
-def _average_gradients(params: Params) -> None:
-    """DistributedDataParallel semantics for the real inner step: average ``.grad`` over ranks in one collective."""
+def _average_gradients(params: Params, loss: torch.Tensor) -> torch.Tensor:
+    """DistributedDataParallel semantics for the real inner step: average ``.grad`` over ranks, and the loss with
+    them in the same collective (so the logged loss is the global mean); returns the averaged loss."""
     if not is_distributed():
-        return
+        return loss
     with_grad = {name: p.grad for name, p in params.items() if p.grad is not None}
-    for name, value in mean_across_ranks(with_grad).items():
+    averaged = mean_across_ranks({**with_grad, None: loss.reshape(1).to(next(iter(with_grad.values())).dtype)
+                                  if with_grad else loss.reshape(1)})
+    loss = averaged.pop(None).reshape(())
+    for name, value in averaged.items():
         params[name].grad = value
+    return loss
 
 
 def _at_least_float32(loss: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence, Tuple
 
 import torch
 
-from .distributed import mean_across_ranks
+from .distributed import is_distributed, mean_across_ranks
 from .params import Params
 
 
@@ -69,8 +69,9 @@ def loss_gradients(loss: Callable, inner_params: Params, outer_params: Params, b
                    create_graph: bool = False, across_ranks: bool = True) -> Tuple[torch.Tensor, list]:
     """``(loss value, [d loss / d p for p in wrt])`` on ``batch``, averaged over micro-batches and ranks.
 
-    Parameters the loss does not depend on get zero derivatives. ``across_ranks=False`` leaves the cross-rank
-    average to the caller (to reduce a combination of several passes once).
+    Parameters the loss does not depend on get zero derivatives. Under ``torch.distributed`` the loss value and the
+    derivatives are averaged across ranks; ``across_ranks=False`` leaves that to the caller (to reduce a combination
+    of several passes once).
     """
     pieces = parts(batch)
     flat = [value for params in wrt for value in params.values()]
@@ -88,6 +89,8 @@ def loss_gradients(loss: Callable, inner_params: Params, outer_params: Params, b
         total_loss = total_loss / len(pieces)
     merged = {(i, name): None for i, params in enumerate(wrt) for name in params}
     merged = dict(zip(merged, sums))
-    if across_ranks:
+    if across_ranks and is_distributed():  # the loss rides in the gradients' collective: the logged loss is the
+        merged[None] = torch.as_tensor(total_loss).to(sums[0].dtype).reshape(1)  # global mean, as the gradient is
         merged = mean_across_ranks(merged)
+        total_loss = merged.pop(None).reshape(())
     return total_loss, [{name: merged[(i, name)] for name in params} for i, params in enumerate(wrt)]

@@ -14,22 +14,16 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 
-from bilevel.checkpoint import atomic_open
+from bilevel.checkpoint import atomic_open, current_umask
 
 __all__ = ["write_json_atomic", "write_bytes_atomic", "atomic_directory", "check_output_dir",
            "prepare_output_dir"]
 
 
-def _umask() -> int:
-    mask = os.umask(0)   # the only portable way to read it is to set it
-    os.umask(mask)
-    return mask
-
-
 def _give_default_modes(folder: str) -> None:
     """The modes under the umask for ``folder`` and everything in it (some writers, safetensors among them, create
     their files 0600)."""
-    mask = _umask()
+    mask = current_umask()
     for root, _, files in os.walk(folder):
         os.chmod(root, 0o777 & ~mask)
         for name in files:
@@ -38,8 +32,7 @@ def _give_default_modes(folder: str) -> None:
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same directory and a rename."""
-    with atomic_open(path) as file:
-        os.fchmod(file.fileno(), 0o666 & ~_umask())
+    with atomic_open(path) as file:  # created with the mode the umask gives
         file.write(data)
 
 

@@ -129,6 +129,8 @@ def search(run_config: RunConfig, data_config, config: AutoLoraConfig, search_co
     model = _load_model(run_config, task, search_config.seed)
     check_targets(model, config)
     search_module.build_method(search_config)   # an unknown method or setting fails here, before any write
+    if run_config.resume:  # other settings or an unreadable checkpoint: refused before the records are touched
+        distributed.on_main(search_module.check_resumable, checkpoint_dir, config, search_config, len(task.train))
     distributed.on_main(prepare_output_dir, out, run_config.overwrite or run_config.resume)
     distributed.on_main(_start_records, out, {
         "run": run_config.to_dict(), "data": data_config.to_dict(), "autolora": config.to_dict(),

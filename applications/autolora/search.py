@@ -32,6 +32,8 @@ import torch
 from torch import nn
 
 import bilevel
+from bilevel.checkpoint import CHECKPOINT_NAME
+from bilevel.checkpoint import load as load_checkpoint_file
 from bilevel.distributed import world_size
 
 from .config import AutoLoraConfig, SearchConfig
@@ -87,7 +89,7 @@ class SearchResult:
     losses: dict[str, list[tuple[int, float]]]   # "inner_loss" / "outer_loss" -> [(step, value)]
     steps: int
     wall_time_s: float
-    trainable_parameters: dict[str, int]          # {"lower": ..., "upper": ...}
+    trainable_parameters: dict[str, int]          # {"inner": LoRA weights and head, "outer": selection logits}
     method: str
 
 
@@ -112,6 +114,24 @@ def build_method(config: SearchConfig) -> bilevel.MethodSpec:
     spec = bilevel.MethodSpec(config.method, dict(config.method_kwargs))
     spec.build(inner_lr=config.learning_rate)
     return spec
+
+
+def resume_settings(config: AutoLoraConfig, search_config: SearchConfig, train_examples: int) -> dict:
+    """What a resumed search must share with the one that wrote the checkpoint (all but how often it saves)."""
+    settings = json.loads(json.dumps({"autolora": config.to_dict(), "search": search_config.to_dict(),
+                                      "world_size": world_size(), "train_examples": train_examples}))
+    settings["search"].pop("checkpoint_every")
+    return settings
+
+
+def check_resumable(checkpoint_dir: str, config: AutoLoraConfig, search_config: SearchConfig,
+                    train_examples: int) -> None:
+    """Refuse --resume, before anything is written, without a checkpoint, with other settings, or with a checkpoint
+    that cannot be read."""
+    _check_resume_settings(checkpoint_dir, resume_settings(config, search_config, train_examples))
+    if load_checkpoint_file(os.path.join(checkpoint_dir, CHECKPOINT_NAME)) is None:
+        raise FileNotFoundError(f"--resume: no search checkpoint in {checkpoint_dir}; run without --resume "
+                                "(--checkpoint-every N makes one)")
 
 
 def _check_resume_settings(checkpoint_dir: str, settings: dict) -> None:
@@ -190,7 +210,7 @@ def search(model: nn.Module, train_dataset: Sequence, collate: Callable, config:
     lower_loader = ShardedLoader(lower_data, collate, search_config.batch_size, search_config.seed, device)
     upper_loader = ShardedLoader(upper_data, collate, search_config.batch_size, search_config.seed + 1, device)
     steps = search_config.max_steps or max(1, math.ceil(search_config.epochs * len(lower_loader)))
-    logger.info("search: %d outer steps, method %s, %d lower / %d upper examples", steps, method_name,
+    logger.info("search: %d outer steps, method %s, %d inner / %d outer examples", steps, method_name,
                 len(lower_data), len(upper_data))
 
     lower = LoraTraining(module=model, params=lower_params, data=lower_loader, name="lora_weights",
@@ -214,7 +234,7 @@ def search(model: nn.Module, train_dataset: Sequence, collate: Callable, config:
                                                                 step % search_config.checkpoint_every == 0)):
             write_json_atomic(trajectory_path, trajectory.to_dict())  # the checkpoint of this step follows
         if step % log_every == 0 or step == steps:
-            logger.info("search step %d/%d: lower loss %s, upper loss %s (last recorded; %.1fs)", step, steps,
+            logger.info("search step %d/%d: inner loss %s, outer loss %s (last recorded; %.1fs)", step, steps,
                         _last(engine, "inner_loss"), _last(engine, "outer_loss"), time.perf_counter() - start)
         if on_step is not None:
             on_step(engine, step)
@@ -229,9 +249,7 @@ def search(model: nn.Module, train_dataset: Sequence, collate: Callable, config:
                                                         checkpoint_every=search_config.checkpoint_every if
                                                         checkpoint_dir else 0))
     if checkpoint_dir:
-        settings = json.loads(json.dumps({"autolora": config.to_dict(), "search": search_config.to_dict(),
-                                          "world_size": world_size(), "train_examples": len(train_dataset)}))
-        settings["search"].pop("checkpoint_every")
+        settings = resume_settings(config, search_config, len(train_dataset))
         if resume:
             _check_resume_settings(checkpoint_dir, settings)
             if not engine.load_checkpoint():
@@ -252,5 +270,5 @@ def search(model: nn.Module, train_dataset: Sequence, collate: Callable, config:
     losses = {key: [(int(s), float(v)) for s, v in engine.history.series(key)]
               for key in ("inner_loss", "outer_loss")}
     return SearchResult(ranks=ranks, trajectory=trajectory, losses=losses, steps=steps, wall_time_s=wall,
-                        trainable_parameters={"lower": _count(lower_params), "upper": _count(upper_params)},
+                        trainable_parameters={"inner": _count(lower_params), "outer": _count(upper_params)},
                         method=method_name)

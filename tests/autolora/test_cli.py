@@ -49,7 +49,7 @@ def test_run_writes_every_output_and_the_adapter_loads(tiny_dir, tmp_path):
     assert not [p for p in os.listdir(out) if p.startswith(".")]  # no temp leftovers
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"accuracy", "f1"} <= set(metrics["eval"])
-    assert metrics["search"]["trainable_parameters"]["upper"] == 4 * 4
+    assert metrics["search"]["trainable_parameters"]["outer"] == 4 * 4
     assert metrics["retrain"]["trainable_parameters"] > 0 and metrics["search"]["wall_time_s"] >= 0
     ranks = json.loads((out / "ranks.json").read_text())
     assert len(ranks["ranks"]) == 4 and ranks["k"] == 4

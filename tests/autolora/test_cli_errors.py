@@ -112,9 +112,11 @@ def test_corrupt_checkpoint_is_one_line(tiny_dir, tmp_path, capsys):  # noqa: F8
     args = ["search", *common(tiny_dir, out), *SEARCH, "--checkpoint-every", "1"]
     assert cli(args, capsys)[0] == 0
     (out / "search_checkpoint" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    records = {name: (out / name).read_bytes() for name in ("metrics.json", "config.json")}
     code, err = cli([*args, "--resume"], capsys)
     assert code == 1 and len(err.splitlines()) == 1, err
     assert re.match(r"autolora search: error: checkpoint: cannot read \S+checkpoint.pt .*delete it to start over", err)
+    assert {name: (out / name).read_bytes() for name in records} == records  # refused before the records changed
 
 
 def test_unexpected_error_is_one_line_that_points_to_debug(tiny_dir, tmp_path, capsys, monkeypatch):  # noqa: F811

@@ -147,7 +147,7 @@ def test_search_on_a_tiny_transformer_keeps_the_model_in_place(arch):
         wrapped = [a for n, a in after.items() if a is p]
         assert wrapped, f"{name} was copied"
     assert any(w != [0.25] * 4 for w in result.ranks.weights.values())
-    assert result.trainable_parameters["upper"] == 4 * len(result.ranks.ranks)
+    assert result.trainable_parameters["outer"] == 4 * len(result.ranks.ranks)
 
 
 # Dense-Hessian methods ("exact", "dense") take about a minute even here: they run with --runslow.
@@ -173,7 +173,7 @@ def test_search_on_a_causal_language_model():
         rows.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids})
     result = search(model, rows, default_collate, AutoLoraConfig(k=2),
                     SearchConfig(max_steps=2, batch_size=4), progress=False)
-    assert len(result.ranks.ranks) == 4 and result.trainable_parameters["lower"] == 2 * 2 * (2 * 16 + 16 * 2)
+    assert len(result.ranks.ranks) == 4 and result.trainable_parameters["inner"] == 2 * 2 * (2 * 16 + 16 * 2)
 
 
 def test_ablation_without_meta_learning_trains_the_logits_on_the_training_loss():

@@ -1,5 +1,7 @@
 """Kill a run with SIGKILL, resume it, and get bit for bit the result of a run that was never interrupted."""
+import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -75,3 +77,14 @@ def test_corrupt_checkpoint_is_reported_not_replaced(tmp_path):
     with pytest.raises(RuntimeError, match="cannot read"):
         checkpoint.load(path)
     assert path.read_bytes() == b"not a checkpoint"
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_an_atomic_write_gets_the_mode_the_umask_gives(tmp_path, umask, mode):
+    """Checkpoints go through mkstemp (0600); others sharing the machine must read them as they read any file."""
+    previous = os.umask(umask)
+    try:
+        path = checkpoint.save_atomic({"step": 1}, tmp_path / "run" / "checkpoint.pt")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == mode

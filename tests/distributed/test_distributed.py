@@ -25,6 +25,7 @@ def test_two_ranks_equal_one_process_on_the_whole_batch(method, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     per_rank = torch.load(out)
     reference = two_level_mlp.run(method, *two_level_mlp.make_data())
+    assert all(len(reference[f"history.{key}"]) == 2 for key in ("inner_loss", "outer_loss"))
     for result in per_rank:
         assert result.keys() == reference.keys()
         for name in reference:

@@ -43,7 +43,8 @@ METHODS = {
 
 
 def run(method, train_batch, val_batch, outer_steps=2):
-    """Two outer steps from a fixed initialisation; returns the final parameters of both levels."""
+    """Two outer steps from a fixed initialisation; returns the final parameters of both levels and the logged
+    losses (``history.inner_loss``, ``history.outer_loss``), which under torchrun must be global means too."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).double()
     log_decay = {f"log_decay.{name}": torch.full((), -3.0, dtype=torch.float64, requires_grad=True)
@@ -53,7 +54,10 @@ def run(method, train_batch, val_batch, outer_steps=2):
     engine = bilevel.Engine(train, validate, METHODS[method],
                             bilevel.EngineConfig(outer_steps=outer_steps, progress=False, log_every=1))
     engine.run()
-    return {name: p.detach().clone() for name, p in {**train.stored_params, **validate.stored_params}.items()}
+    losses = {f"history.{key}": torch.tensor([value for _, value in engine.history.series(key)], dtype=torch.float64)
+              for key in ("inner_loss", "outer_loss")}
+    return {**{name: p.detach().clone() for name, p in {**train.stored_params, **validate.stored_params}.items()},
+            **losses}
 
 
 def main(method, out):
