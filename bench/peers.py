@@ -44,7 +44,7 @@ from bilevel import params as P
 from bilevel.compare import cosine, relative_error
 from bilevel.compare.memory import peak_memory
 from bilevel.solvers import largest_eigenvalue
-from bilevel.hessian import InnerHessian
+from bilevel.autodiff import InnerHessian
 from torch.utils._pytree import tree_map
 
 SIZES = {"small": dict(hidden=32, layers=2, heads=2, vocab=1000), "base": dict(hidden=256, layers=4, heads=4, vocab=4000)}

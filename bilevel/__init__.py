@@ -10,9 +10,9 @@ from .engine import Engine
 from .history import MetricsHistory
 from .hypergradient import hypergradient
 from .methods import HypergradientMethod, HypergradientResult, MethodSpec
-from .passes import MicroBatches, StepBatches
+from .autodiff import MicroBatches, StepBatches
 from .problem import Problem
-from .second_order import SecondDerivativeError
+from .attention_kernels import SecondDerivativeError
 
 __all__ = ["hypergradient", "methods", "solvers", "distributed", "compare", "Problem", "Engine", "EngineConfig", "MetricsHistory",
            "HypergradientMethod", "HypergradientResult", "MethodSpec", "MicroBatches", "StepBatches",

@@ -15,9 +15,9 @@ from .distributed import is_distributed, mean_across_ranks, rank
 from .history import MetricsHistory
 from .hypergradient import hypergradient
 from .params import Params, detached
-from .passes import MicroBatches, parts
+from .autodiff import MicroBatches, parts
 from .problem import Problem
-from .second_order import check_second_order_support
+from .attention_kernels import check_second_order_support
 
 
 class Engine:
@@ -108,17 +108,21 @@ class Engine:
         self.inner.optimizer.zero_grad(set_to_none=True)
         for name, parameter in self.inner.stored_params.items():
             parameter.grad = result.inner_grads[name].to(parameter.dtype)
-        self._apply_inner_gradients()
+        self._apply_gradients(self.inner, self.config.inner_grad_clip, self._scaler)
         return result, math.nan if inner_loss is None else float(inner_loss)
 
-    def _apply_inner_gradients(self) -> None:
-        """Clip, step and schedule the inner level from the gradients in ``.grad``."""
-        if self.config.inner_grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(list(self.inner.stored_params.values()), self.config.inner_grad_clip)
-        self._scaler.step(self.inner.optimizer)
-        self._scaler.update()
-        if self.inner.scheduler is not None:
-            self.inner.scheduler.step()
+    @staticmethod
+    def _apply_gradients(level: Problem, clip: Optional[float], scaler: Optional[torch.amp.GradScaler] = None):
+        """Clip, step and schedule ``level`` from the gradients in its ``.grad``: where both levels take a step."""
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(list(level.stored_params.values()), clip)
+        if scaler is None:
+            level.optimizer.step()
+        else:
+            scaler.step(level.optimizer)
+            scaler.update()
+        if level.scheduler is not None:
+            level.scheduler.step()
 
     def inner_step(self) -> float:
         """One real optimizer step of the inner level on its next batch, outer parameters detached.
@@ -138,7 +142,7 @@ class Engine:
             total = total + loss.detach()
         self._scaler.unscale_(self.inner.optimizer)
         total = _average_gradients(self.inner.stored_params, total)
-        self._apply_inner_gradients()
+        self._apply_gradients(self.inner, self.config.inner_grad_clip, self._scaler)
         return float(total)
 
     def outer_step(self) -> _methods.HypergradientResult:
@@ -157,12 +161,8 @@ class Engine:
         self.method_state = result.state
         for name, parameter in self.outer.stored_params.items():
             parameter.grad = result.grads[name].to(parameter.dtype)
-        if self.config.outer_grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(list(self.outer.stored_params.values()), self.config.outer_grad_clip)
-        self.outer.optimizer.step()
+        self._apply_gradients(self.outer, self.config.outer_grad_clip)
         self.outer.optimizer.zero_grad(set_to_none=True)
-        if self.outer.scheduler is not None:
-            self.outer.scheduler.step()
         self.last_result = result
         return result
 

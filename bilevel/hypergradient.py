@@ -8,9 +8,9 @@ import torch
 
 from . import methods as _methods
 from .params import Params, detached
-from .passes import StepBatches, parts
+from .autodiff import StepBatches, parts
 from .rng import RngReplay, with_replayed_rng
-from .second_order import explain_double_backward_error, second_order_kernels
+from .attention_kernels import explain_double_backward_error, second_order_kernels
 
 
 def hypergradient(inner_loss: Callable, outer_loss: Callable, inner_params: Params, outer_params: Params,

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Dict, Iterable, Iterator, Optional
+from typing import Any, Dict, Iterable, Optional
 
 import torch
 from torch.func import functional_call
 
+from .data_stream import DataStream
 from .params import Params
 
 
@@ -40,10 +41,6 @@ class Problem:
         self.scheduler = scheduler(self.optimizer) if callable(scheduler) and not hasattr(scheduler, "step") \
             else scheduler
         self.data = data
-        self._iterator: Optional[Iterator] = None
-        self._epoch_rng: Optional[torch.Tensor] = None  # torch RNG state when the current pass over data began
-        self._data_state: Optional[Dict[str, Any]] = None  # data.state_dict() when the current pass began
-        self._drawn = 0  # batches drawn in the current pass
         self._bound: Optional[Params] = None
         self.inner: Optional[Problem] = None
         self.outer: Optional[Problem] = None
@@ -88,30 +85,18 @@ class Problem:
         buffers = {} if self._bound is None else {name: b.clone() for name, b in self.module.named_buffers()}
         return functional_call(self.module, {**buffers, **bound}, args, kwargs, strict=False)
 
+    @property
+    def data(self) -> Optional[Iterable]:
+        """The iterable of batches (``None`` when the loss needs no data); setting it starts a new stream."""
+        return None if self._stream is None else self._stream.data
+
+    @data.setter
+    def data(self, data: Optional[Iterable]) -> None:
+        self._stream = None if data is None else DataStream(data, self.name)
+
     def next_batch(self) -> Any:
         """The next batch of ``data``, restarting the iterable when it is exhausted."""
-        if self.data is None:
-            return None
-        if self._iterator is None:
-            self._start_pass()
-        try:
-            batch = next(self._iterator)
-        except StopIteration:
-            self._start_pass()
-            try:
-                batch = next(self._iterator)
-            except StopIteration:
-                raise ValueError(f"{self.name}: data yields no batches; pass a non-empty iterable") from None
-        self._drawn += 1
-        return batch
-
-    def _start_pass(self) -> None:
-        # A shuffling DataLoader draws its order from torch's generator when iterated, or from its own generator;
-        # remembering that state (the data's state_dict(), if it has one) lets a resumed run replay the same order.
-        self._epoch_rng = torch.random.get_rng_state()
-        self._data_state = self.data.state_dict() if hasattr(self.data, "state_dict") else None
-        self._iterator = iter(self.data)
-        self._drawn = 0
+        return None if self._stream is None else self._stream.next()
 
     def state_dict(self) -> Dict[str, Any]:
         """Parameters, optimizer and scheduler state, module buffers, and the position in ``data``."""
@@ -120,7 +105,7 @@ class Problem:
             "buffers": {} if self.module is None else {n: b.clone() for n, b in self.module.named_buffers()},
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "data": {"epoch_rng": self._epoch_rng, "drawn": self._drawn, "state": self._data_state},
+            "data": None if self._stream is None else self._stream.state_dict(),
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -136,18 +121,8 @@ class Problem:
             self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
-        position = state["data"]
-        self._iterator, self._epoch_rng, self._drawn = None, None, 0
-        if position["epoch_rng"] is not None and self.data is not None:
-            current = torch.random.get_rng_state()
-            torch.random.set_rng_state(position["epoch_rng"])
-            if position.get("state") is not None:
-                self.data.load_state_dict(position["state"])
-            self._start_pass()
-            for _ in range(position["drawn"]):
-                next(self._iterator)
-            self._drawn = position["drawn"]
-            torch.random.set_rng_state(current)
+        if self._stream is not None and state["data"] is not None:
+            self._stream.load_state_dict(state["data"])
 
     def _resolve_params(self, params: Any) -> Dict[str, torch.Tensor]:
         if params is None:

@@ -5,27 +5,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .. import params as P
-from ..distributed import mean_across_ranks
-from ..passes import loss_gradients
+from ..autodiff import finite_difference_mixed_product, loss_gradients
 from ..validation import require_positive
 from .base import HypergradientMethod, HypergradientResult, register
-
-
-def finite_difference_mixed_product(inner_loss, inner_params, outer_params, batch, direction, epsilon):
-    """``(d^2 g / dx dw) v`` by a central difference of ``grad_x g`` along ``v``, with ``e = epsilon / ||v||``.
-
-    Returns ``(product, e)``; the product is exact when g is bilinear in (w, x) and has O(e^2) error otherwise.
-    The perturbed weights are new tensors, so ``inner_params`` is never changed (no drift).
-    """
-    size = P.norm(direction)
-    if size == 0:
-        return P.zeros_like(outer_params), 0.0
-    e = epsilon / size
-    _, (plus,) = loss_gradients(inner_loss, P.detached(P.add(inner_params, direction, e)), outer_params, batch,
-                                (outer_params,), across_ranks=False)
-    _, (minus,) = loss_gradients(inner_loss, P.detached(P.add(inner_params, direction, -e)), outer_params, batch,
-                                 (outer_params,), across_ranks=False)
-    return P.scale(mean_across_ranks(P.sub(plus, minus)), 1.0 / (2 * e)), float(e)  # the two passes, reduced once
 
 
 @register("finite_difference", "darts")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..passes import loss_gradients
+from ..autodiff import loss_gradients
 from .base import HypergradientMethod, HypergradientResult, register
 
 

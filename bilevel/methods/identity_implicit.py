@@ -3,10 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..passes import loss_gradients
+from ..autodiff import finite_difference_mixed_product, loss_gradients
 from ..validation import require_positive
 from .base import HypergradientMethod, HypergradientResult, register
-from .finite_difference import finite_difference_mixed_product
 
 
 @register("identity_implicit")

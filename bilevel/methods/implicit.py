@@ -5,8 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .. import params as P
-from ..hessian import InnerHessian
-from ..passes import loss_gradients
+from ..autodiff import InnerHessian, loss_gradients
 from ..solvers import ConjugateGradientSolver
 from .base import HypergradientMethod, HypergradientResult, register
 

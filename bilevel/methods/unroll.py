@@ -6,7 +6,7 @@ from typing import Any, Dict, Optional
 
 from .. import params as P
 from ..inner_optimizers import make_inner_optimizer, model_of
-from ..passes import loss_gradients, per_step_batches
+from ..autodiff import loss_gradients, per_step_batches
 from ..validation import require_positive, require_positive_integer
 from .base import HypergradientMethod, HypergradientResult, learning_rate_of, register
 

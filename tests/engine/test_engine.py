@@ -8,7 +8,7 @@ from torch.func import functional_call
 
 import bilevel
 from bilevel.methods import ConjugateGradient, Exact, FiniteDifference, Unroll
-from problems import DT, Quadratic
+from tests.bilevel.problems import DT, Quadratic
 
 # ---------------------------------------------------------------------------------------------------------------
 # the quadratic problem as two Problems over plain tensors

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import bilevel
-from bilevel.second_order import explain_double_backward_error, second_order_kernels
+from bilevel.attention_kernels import explain_double_backward_error, second_order_kernels
 
 transformers = pytest.importorskip("transformers")
 DT = torch.float64

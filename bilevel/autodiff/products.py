@@ -1,9 +1,9 @@
-"""Products with the second-derivative blocks of the inner loss.
+"""Products with the second-derivative blocks of the inner loss: exact (double backward) and by finite differences.
 
 ``grad_w g(w, x)`` is computed with ``create_graph=True`` and differentiated again for every product:
 ``H v = d<grad_w g, v>/dw`` and ``(d^2 g / dx dw) v = d<grad_w g, v>/dx``. On a plain batch the gradient graph is
 built once and reused by every product (one forward pass per solve, the same dropout masks for every product). On
-:class:`~bilevel.passes.MicroBatches` each product rebuilds the graph one micro-batch at a time, trading a forward
+:class:`~bilevel.MicroBatches` each product rebuilds the graph one micro-batch at a time, trading a forward
 and backward pass per micro-batch and product for memory; the RNG replay keeps the masks identical.
 """
 from __future__ import annotations
@@ -12,10 +12,11 @@ from typing import Any, Callable
 
 import torch
 
-from . import params as P
-from .distributed import mean_across_ranks
-from .params import Params
-from .passes import MicroBatches, parts
+from .. import params as P
+from ..distributed import mean_across_ranks
+from ..params import Params
+from .batches import MicroBatches, mean_over_parts
+from .gradients import loss_gradients
 
 
 class InnerHessian:
@@ -32,14 +33,11 @@ class InnerHessian:
         return P.grad(loss, self.inner_params, create_graph=True)
 
     def _differentiate(self, vector: Params, wrt: Params) -> Params:
-        pieces = parts(self.batch)
-        total = None
-        for piece in pieces:
+        def on_part(piece, last: bool):
             gradient = self._gradient if self._gradient is not None else self._gradient_on(piece)
-            product = _product(gradient, vector, wrt)
-            total = product if total is None else P.add(total, product)
-        if len(pieces) > 1:
-            total = P.scale(total, 1.0 / len(pieces))
+            return list(_product(gradient, vector, wrt).values())
+
+        total = dict(zip(wrt, mean_over_parts(self.batch, on_part)))
         self.products += 1
         return mean_across_ranks(total)
 
@@ -61,3 +59,20 @@ def _product(gradient: Params, vector: Params, wrt: Params) -> Params:
     grads = torch.autograd.grad(outputs, list(wrt.values()), grad_outputs=grad_outputs, retain_graph=True,
                                 allow_unused=True)
     return P.fill_missing_grads([None if g is None else g.detach() for g in grads], wrt)
+
+
+def finite_difference_mixed_product(inner_loss, inner_params, outer_params, batch, direction, epsilon):
+    """``(d^2 g / dx dw) v`` by a central difference of ``grad_x g`` along ``v``, with ``e = epsilon / ||v||``.
+
+    Returns ``(product, e)``; the product is exact when g is bilinear in (w, x) and has O(e^2) error otherwise.
+    The perturbed weights are new tensors, so ``inner_params`` is never changed (no drift).
+    """
+    size = P.norm(direction)
+    if size == 0:
+        return P.zeros_like(outer_params), 0.0
+    e = epsilon / size
+    _, (plus,) = loss_gradients(inner_loss, P.detached(P.add(inner_params, direction, e)), outer_params, batch,
+                                (outer_params,), across_ranks=False)
+    _, (minus,) = loss_gradients(inner_loss, P.detached(P.add(inner_params, direction, -e)), outer_params, batch,
+                                 (outer_params,), across_ranks=False)
+    return P.scale(mean_across_ranks(P.sub(plus, minus)), 1.0 / (2 * e)), float(e)  # the two passes, reduced once

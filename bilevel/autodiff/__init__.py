@@ -1,0 +1,8 @@
+"""The autodiff room: how batches reach the losses (:mod:`.batches`), first derivatives averaged over micro-batches
+and ranks (:mod:`.gradients`), and second-derivative products, exact or by finite differences (:mod:`.products`)."""
+from .batches import MicroBatches, StepBatches, mean_over_parts, parts, per_step_batches
+from .gradients import loss_gradients
+from .products import InnerHessian, finite_difference_mixed_product
+
+__all__ = ["MicroBatches", "StepBatches", "mean_over_parts", "parts", "per_step_batches", "loss_gradients",
+           "InnerHessian", "finite_difference_mixed_product"]

@@ -1,0 +1,68 @@
+"""How a batch reaches the losses: one batch, micro-batches whose derivatives are averaged, or one batch per unroll
+step; and the one reducer that averages a computation over micro-batches."""
+from __future__ import annotations
+
+from typing import Any, Callable, List, Sequence, Tuple
+
+import torch
+
+
+class MicroBatches:
+    """One logical batch split into micro-batches; derivatives are averaged over them.
+
+    >>> bilevel.hypergradient(g, f, w, x, MicroBatches([b1, b2]), MicroBatches([v1, v2]), "cg")
+    """
+
+    def __init__(self, batches: Sequence[Any]):
+        self.batches = tuple(batches)
+        if not self.batches:
+            raise ValueError("MicroBatches: pass at least one micro-batch")
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __repr__(self) -> str:
+        return f"MicroBatches({len(self.batches)} micro-batches)"
+
+
+class StepBatches:
+    """One batch per step of an unroll (a plain list, tuple or dict is one batch, as a DataLoader yields it).
+
+    >>> bilevel.hypergradient(g, f, w, x, StepBatches([b1, b2, b3]), val, bilevel.methods.Unroll(steps=3, lr=0.1))
+    """
+
+    def __init__(self, batches: Sequence[Any]):
+        self.batches = tuple(batches)
+        if not self.batches:
+            raise ValueError("StepBatches: pass at least one batch")
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __repr__(self) -> str:
+        return f"StepBatches({len(self.batches)} batches)"
+
+
+def per_step_batches(batch: Any, steps: int) -> Tuple[Any, ...]:
+    """The batch of each of ``steps`` unroll steps: those of :class:`StepBatches`, else ``batch`` every step."""
+    if not isinstance(batch, StepBatches):
+        return (batch,) * steps
+    if len(batch) != steps:
+        raise ValueError(f"unroll: StepBatches holds {len(batch)} batches but steps={steps}; pass one batch per step")
+    return batch.batches
+
+
+def parts(batch: Any) -> Tuple[Any, ...]:
+    """The micro-batches of ``batch`` (a plain batch is one part)."""
+    return batch.batches if isinstance(batch, MicroBatches) else (batch,)
+
+
+def mean_over_parts(batch: Any, compute: Callable[[Any, bool], List[torch.Tensor]]) -> List[torch.Tensor]:
+    """The mean over the micro-batches of ``batch`` of ``compute(piece, is_last)``, a list of tensors (a plain batch
+    is one part, returned as computed). Every derivative pass of the library reduces micro-batches here."""
+    pieces = parts(batch)
+    total = None
+    for index, piece in enumerate(pieces):
+        values = compute(piece, index == len(pieces) - 1)
+        total = values if total is None else [t + v for t, v in zip(total, values)]
+    return total if len(pieces) == 1 else [t / len(pieces) for t in total]

@@ -1,0 +1,60 @@
+"""An endless stream of batches from an iterable, whose position a checkpoint can save and restore exactly."""
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, Iterator, Optional
+
+import torch
+
+
+class DataStream:
+    """Batches of ``data``, restarting it when exhausted; ``state_dict()`` is the position in the current pass.
+
+    A shuffling DataLoader draws its order from torch's generator when iterated (or from its own generator): the
+    stream remembers that state, and the data's own ``state_dict()`` when it has one, when each pass begins, so a
+    restored stream replays the same order and skips the batches already drawn.
+    """
+
+    def __init__(self, data: Iterable, owner: str):
+        self.data, self.owner = data, owner
+        self._iterator: Optional[Iterator] = None
+        self._epoch_rng: Optional[torch.Tensor] = None  # torch RNG state when the current pass began
+        self._data_state: Optional[Dict[str, Any]] = None  # data.state_dict() when the current pass began
+        self._drawn = 0  # batches drawn in the current pass
+
+    def next(self) -> Any:
+        if self._iterator is None:
+            self._start_pass()
+        try:
+            batch = next(self._iterator)
+        except StopIteration:
+            self._start_pass()
+            try:
+                batch = next(self._iterator)
+            except StopIteration:
+                raise ValueError(f"{self.owner}: data yields no batches; pass a non-empty iterable") from None
+        self._drawn += 1
+        return batch
+
+    def _start_pass(self) -> None:
+        self._epoch_rng = torch.random.get_rng_state()
+        self._data_state = self.data.state_dict() if hasattr(self.data, "state_dict") else None
+        self._iterator = iter(self.data)
+        self._drawn = 0
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"epoch_rng": self._epoch_rng, "drawn": self._drawn, "state": self._data_state}
+
+    def load_state_dict(self, position: Dict[str, Any]) -> None:
+        """Re-create the pass the position was saved in and advance it; torch's RNG is left as it was."""
+        self._iterator, self._epoch_rng, self._drawn = None, None, 0
+        if position["epoch_rng"] is None:
+            return
+        current = torch.random.get_rng_state()
+        torch.random.set_rng_state(position["epoch_rng"])
+        if position.get("state") is not None:
+            self.data.load_state_dict(position["state"])
+        self._start_pass()
+        for _ in range(position["drawn"]):
+            next(self._iterator)
+        self._drawn = position["drawn"]
+        torch.random.set_rng_state(current)
