@@ -34,6 +34,7 @@ import argparse
 import statistics
 import time
 import warnings
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -41,35 +42,35 @@ import torch.nn.functional as F
 
 import bilevel
 from bilevel import params as P
-from bilevel.compare import cosine, relative_error
+from bilevel.autodiff import InnerHessian
+from bilevel.compare import BilevelProblem, cosine, relative_error
 from bilevel.compare.memory import peak_memory
 from bilevel.solvers import largest_eigenvalue
-from bilevel.autodiff import InnerHessian
 from torch.utils._pytree import tree_map
 
 SIZES = {"small": dict(hidden=32, layers=2, heads=2, vocab=1000), "base": dict(hidden=256, layers=4, heads=4, vocab=4000)}
 
 
-class Workload:
-    """A module, its inner/outer parameter dicts (leaves), batches and the two functional losses."""
+@dataclass
+class Workload(BilevelProblem):
+    """A bilevel problem (the snapshot ``compare`` uses) with the module behind it, for the peers that need one."""
 
-    def __init__(self, name, model, inner, outer, train, val, inner_loss, outer_loss, forward, lr):
-        self.name, self.model, self.inner, self.outer = name, model, inner, outer
-        self.train, self.val, self.inner_loss, self.outer_loss = train, val, inner_loss, outer_loss
-        self.forward, self.lr = forward, lr  # forward(batch, params dict) -> loss without regularisation
-        self.device = torch.device("cpu")
+    model: Optional[torch.nn.Module] = None
+    forward: Optional[Callable] = None  # forward(batch, params dict) -> loss without regularisation
+    device: torch.device = torch.device("cpu")
 
     def to(self, device: str) -> "Workload":
         """Move the module, parameters and batches (built on CPU) to ``device``."""
         move = lambda tree: tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, tree)
         self.model.to(device)
-        self.inner, self.outer, self.train, self.val = map(move, (self.inner, self.outer, self.train, self.val))
+        self.inner_params, self.outer_params, self.inner_batch, self.outer_batch = map(
+            move, (self.inner_params, self.outer_params, self.inner_batch, self.outer_batch))
         self.device = torch.device(device)
         return self
 
     def ours(self, method) -> Dict[str, torch.Tensor]:
-        return bilevel.hypergradient(self.inner_loss, self.outer_loss, self.inner, self.outer, self.train, self.val,
-                                     method)
+        return bilevel.hypergradient(self.inner_loss, self.outer_loss, self.inner_params, self.outer_params,
+                                     self.inner_batch, self.outer_batch, method)
 
 
 def mlp_workload(seed: int = 0) -> Workload:
@@ -108,7 +109,8 @@ def mlp_workload(seed: int = 0) -> Workload:
     with torch.no_grad():
         for k, p in model.named_parameters():
             p.copy_(inner[k])
-    return Workload("mlp", model, inner, outer, train, val, inner_loss, outer_loss, forward, lr=0.1)
+    return Workload(inner_loss, outer_loss, inner, outer, train, val, inner_lr=0.1, name="mlp", model=model,
+                    forward=forward)
 
 
 def autolora_workload(size: str, seed: int = 0) -> Workload:
@@ -142,7 +144,7 @@ def autolora_workload(size: str, seed: int = 0) -> Workload:
     def loss(w, x, batch):
         return forward(batch, {**w, **x})
 
-    return Workload("autolora", model, inner, outer, train, val, loss, loss, forward, lr=1e-2)
+    return Workload(loss, loss, inner, outer, train, val, inner_lr=1e-2, name="autolora", model=model, forward=forward)
 
 
 # ---- peers: each returns a function () -> dict of outer gradients ----------------------------------------------
@@ -150,25 +152,25 @@ def autolora_workload(size: str, seed: int = 0) -> Workload:
 def higher_unroll(work: Workload, steps: int) -> Callable:
     import higher
 
-    names = list(work.inner)
+    names = list(work.inner_params)
     params = {k: p for k, p in work.model.named_parameters()}
-    outer_leaves = {k: v.clone().requires_grad_(True) for k, v in work.outer.items()}
+    outer_leaves = {k: v.clone().requires_grad_(True) for k, v in work.outer_params.items()}
     regularised = work.name == "mlp"
 
     def run():
         for k in names:
             params[k].requires_grad_(True)
         # for the MLP the outer parameters are separate tensors; for AutoLoRA they are module parameters
-        outer_tensors = outer_leaves if regularised else {k: params[k] for k in work.outer}
-        optimizer = torch.optim.SGD([params[k] for k in names], lr=work.lr)
+        outer_tensors = outer_leaves if regularised else {k: params[k] for k in work.outer_params}
+        optimizer = torch.optim.SGD([params[k] for k in names], lr=work.inner_lr)
         with higher.innerloop_ctx(work.model, optimizer, copy_initial_weights=False) as (fmodel, diffopt):
             for _ in range(steps):
                 fast = dict(zip([k for k, _ in work.model.named_parameters()], fmodel.parameters()))
-                loss = _module_loss(work, fmodel, work.train)
+                loss = _module_loss(work, fmodel, work.inner_batch)
                 if regularised:
                     loss = loss + 0.5 * sum((torch.exp(outer_tensors[k]) * fast[k] ** 2).sum() for k in names)
                 diffopt.step(loss)
-            outer = _module_loss(work, fmodel, work.val)
+            outer = _module_loss(work, fmodel, work.outer_batch)
             grads = torch.autograd.grad(outer, list(outer_tensors.values()), allow_unused=True)
         return P.fill_missing_grads(grads, outer_tensors)
 
@@ -185,33 +187,33 @@ def torchopt_unroll(work: Workload, steps: int) -> Callable:
     import torchopt
 
     if work.name == "mlp":
-        outer_leaves = {k: v.clone().requires_grad_(True) for k, v in work.outer.items()}
+        outer_leaves = {k: v.clone().requires_grad_(True) for k, v in work.outer_params.items()}
         model = work.model
 
         def run():
             saved = torchopt.extract_state_dict(model)
-            optimizer = torchopt.MetaSGD(model, lr=work.lr)
+            optimizer = torchopt.MetaSGD(model, lr=work.inner_lr)
             for _ in range(steps):
                 fast = dict(model.named_parameters())
-                loss = _module_loss(work, model, work.train) + 0.5 * sum(
+                loss = _module_loss(work, model, work.inner_batch) + 0.5 * sum(
                     (torch.exp(outer_leaves[k]) * fast[k] ** 2).sum() for k in fast)
                 optimizer.step(loss)
-            grads = torch.autograd.grad(_module_loss(work, model, work.val), list(outer_leaves.values()))
+            grads = torch.autograd.grad(_module_loss(work, model, work.outer_batch), list(outer_leaves.values()))
             torchopt.recover_state_dict(model, saved)
             return dict(zip(outer_leaves, grads))
 
         return run
-    sgd = torchopt.sgd(lr=work.lr)
+    sgd = torchopt.sgd(lr=work.inner_lr)
 
     def run_functional():
-        w = {k: v.clone().requires_grad_(True) for k, v in work.inner.items()}
-        x = {k: v.clone().requires_grad_(True) for k, v in work.outer.items()}
+        w = {k: v.clone().requires_grad_(True) for k, v in work.inner_params.items()}
+        x = {k: v.clone().requires_grad_(True) for k, v in work.outer_params.items()}
         state, fast = sgd.init(w), w
         for _ in range(steps):
-            grads = torch.autograd.grad(work.inner_loss(fast, x, work.train), list(fast.values()), create_graph=True)
+            grads = torch.autograd.grad(work.inner_loss(fast, x, work.inner_batch), list(fast.values()), create_graph=True)
             updates, state = sgd.update(dict(zip(fast, grads)), state, inplace=False)
             fast = torchopt.apply_updates(fast, updates, inplace=False)
-        return dict(zip(x, torch.autograd.grad(work.outer_loss(fast, x, work.val), list(x.values()))))
+        return dict(zip(x, torch.autograd.grad(work.outer_loss(fast, x, work.outer_batch), list(x.values()))))
 
     return run_functional
 
@@ -219,9 +221,9 @@ def torchopt_unroll(work: Workload, steps: int) -> Callable:
 def torchopt_implicit(work: Workload, solve) -> Callable:
     import torchopt
 
-    names = list(work.inner)
+    names = list(work.inner_params)
 
-    outer_names = list(work.outer)
+    outer_names = list(work.outer_params)
 
     def optimality(w, x, batch):  # grad_w g(w, x): zero at the inner optimum
         return torch.func.grad(lambda ww: work.inner_loss(dict(zip(names, ww)), dict(zip(outer_names, x)), batch))(w)
@@ -231,9 +233,9 @@ def torchopt_implicit(work: Workload, solve) -> Callable:
         return w  # the inner parameters are given (at the optimum for the MLP)
 
     def run():
-        x = {k: v.clone().requires_grad_(True) for k, v in work.outer.items()}
-        w = solution(tuple(work.inner[k] for k in names), tuple(x.values()), work.train)
-        loss = work.outer_loss(dict(zip(names, w)), x, work.val)
+        x = {k: v.clone().requires_grad_(True) for k, v in work.outer_params.items()}
+        w = solution(tuple(work.inner_params[k] for k in names), tuple(x.values()), work.inner_batch)
+        loss = work.outer_loss(dict(zip(names, w)), x, work.outer_batch)
         return P.fill_missing_grads(torch.autograd.grad(loss, list(x.values()), allow_unused=True), x)
 
     return run
@@ -261,16 +263,16 @@ class BettyLevels:
                 return self._loss(batch)
 
         self.work = work
-        self.w = {k: v.clone().requires_grad_(True) for k, v in work.inner.items()}
-        self.x = {k: v.clone().requires_grad_(True) for k, v in work.outer.items()}
+        self.w = {k: v.clone().requires_grad_(True) for k, v in work.inner_params.items()}
+        self.x = {k: v.clone().requires_grad_(True) for k, v in work.outer_params.items()}
         self.inner = Level("inner", self.w, lambda batch: work.inner_loss(self.w, self.x, batch))
         self.outer = Level("outer", self.x, lambda batch: work.outer_loss(self.w, self.x, batch))
-        self.inner.cur_batch = work.train
+        self.inner.cur_batch = work.inner_batch
 
     def __call__(self) -> Dict[str, torch.Tensor]:
         for p in self.x.values():
             p.grad = None
-        loss = self.outer.training_step(self.work.val)
+        loss = self.outer.training_step(self.work.outer_batch)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.outer.backward(loss, self.outer.trainable_parameters(), [[self.outer, self.inner, self.outer]],
@@ -281,15 +283,15 @@ class BettyLevels:
         """Put the inner weights back (betty's darts leaves them moved)."""
         with torch.no_grad():
             for k, p in self.w.items():
-                p.copy_(self.work.inner[k])
+                p.copy_(self.work.inner_params[k])
 
 
 # ---- measurement ----------------------------------------------------------------------------------------------
 
 def step_size(work: Workload) -> float:
-    w, x = P.detached(work.inner, True), P.detached(work.outer, True)
-    top, _ = largest_eigenvalue(InnerHessian(work.inner_loss, w, x, work.train).matvec,
-                                P.grad(work.inner_loss(w, x, work.train), w), 30)
+    w, x = P.detached(work.inner_params, True), P.detached(work.outer_params, True)
+    top, _ = largest_eigenvalue(InnerHessian(work.inner_loss, w, x, work.inner_batch).matvec,
+                                P.grad(work.inner_loss(w, x, work.inner_batch), w), 30)
     return 0.5 / top
 
 
@@ -297,7 +299,7 @@ def groups(work: Workload, have: Dict[str, bool], k_cg: int, k_neumann: int, ste
     """(group name, [(library, callable, reset or None)], note) for every group of the same mathematics."""
     alpha = step_size(work)
     result = []
-    unroll = [("bilevel", lambda: work.ours(bilevel.methods.Unroll(steps=steps, lr=work.lr)), None)]
+    unroll = [("bilevel", lambda: work.ours(bilevel.methods.Unroll(steps=steps, lr=work.inner_lr)), None)]
     if have["higher"]:
         unroll.append(("higher", higher_unroll(work, steps), None))
     if have["torchopt"]:
@@ -317,7 +319,7 @@ def groups(work: Workload, have: Dict[str, bool], k_cg: int, k_neumann: int, ste
         neumann.append(("betty", betty_neumann, None))
     result += [(f"cg:{k_cg}", cg), (f"neumann:{k_neumann} (alpha {alpha:.3g})", neumann)]
     darts = [("bilevel identity_implicit", lambda: work.ours(bilevel.methods.IdentityImplicit(epsilon=0.01)), None),
-             ("bilevel finite_difference", lambda: work.ours(bilevel.methods.FiniteDifference(lr=work.lr)), None)]
+             ("bilevel finite_difference", lambda: work.ours(bilevel.methods.FiniteDifference(lr=work.inner_lr)), None)]
     if have["betty"]:
         betty_darts = BettyLevels(work, type="darts", darts_alpha=0.01)
         darts.append(("betty darts", betty_darts, betty_darts.reset))
@@ -380,7 +382,7 @@ def print_rows(work_name, rows, reference_name):
 
 def betty_claims(work: Workload, reference) -> None:
     print(f"\n### betty-ml defects, measured on {work.name}\n")
-    lr = work.lr
+    lr = work.inner_lr
     levels = BettyLevels(work, type="darts", darts_alpha=0.01)
     before = {k: v.detach().clone() for k, v in levels.w.items()}
     darts = levels()
@@ -476,7 +478,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         work = (mlp_workload() if workload == "mlp" else autolora_workload(args.size)).to(args.device)
         if workload == "mlp":
             reference = work.ours(bilevel.methods.Exact())
-            reference_name = f"exact dense solve ({sum(v.numel() for v in work.inner.values())} inner parameters)"
+            reference_name = f"exact dense solve ({sum(v.numel() for v in work.inner_params.values())} inner parameters)"
             k_cg, k_neumann, steps = 10, 10, 5
         else:
             reference, reference_name = None, "none (inner not at an optimum); rel. diff to ours is the check"

@@ -22,13 +22,13 @@ def work():
 
 def test_higher_unroll_matches_ours(work):
     pytest.importorskip("higher")
-    ours = work.ours(bilevel.methods.Unroll(steps=3, lr=work.lr))
+    ours = work.ours(bilevel.methods.Unroll(steps=3, lr=work.inner_lr))
     assert relative_error(peers.higher_unroll(work, 3)(), ours) < 1e-10
 
 
 def test_torchopt_matches_ours(work):
     torchopt = pytest.importorskip("torchopt")
-    ours = work.ours(bilevel.methods.Unroll(steps=2, lr=work.lr))
+    ours = work.ours(bilevel.methods.Unroll(steps=2, lr=work.inner_lr))
     assert relative_error(peers.torchopt_unroll(work, 2)(), ours) < 1e-10
     solve = torchopt.linear_solve.solve_cg(maxiter=8, rtol=1e-30)
     ours = work.ours(bilevel.methods.ConjugateGradient(8, tol=1e-30))
@@ -41,7 +41,7 @@ def test_betty_darts_is_identity_implicit_and_moves_the_weights(work):
     value = levels()
     ours = work.ours(bilevel.methods.IdentityImplicit(epsilon=0.01))
     assert relative_error(value, ours) < 1e-8
-    moved = torch.sqrt(sum(((levels.w[k].detach() - work.inner[k]) ** 2).sum() for k in work.inner))
+    moved = torch.sqrt(sum(((levels.w[k].detach() - work.inner_params[k]) ** 2).sum() for k in work.inner_params))
     assert float(moved) == pytest.approx(0.01, rel=1e-6)
 
 
@@ -63,5 +63,5 @@ def test_profile_counts_backward_calls_per_hypergradient(work):
     calls, share = peers.autograd_profile(three_passes, repeats=5)
     assert calls == 3 and 0.0 < share < 1.0
     # ours, unroll:5 on the MLP: five inner gradients with graph, then one backward through all of them
-    calls, _ = peers.autograd_profile(lambda: work.ours(bilevel.methods.Unroll(steps=5, lr=work.lr)), repeats=2)
+    calls, _ = peers.autograd_profile(lambda: work.ours(bilevel.methods.Unroll(steps=5, lr=work.inner_lr)), repeats=2)
     assert calls == 6
