@@ -63,8 +63,7 @@ import torch
 
 from autolora import retrain as retrain_module
 from autolora import search as search_module
-from autolora.config import AutoLoraConfig, RetrainConfig, SearchConfig
-from autolora.data import DataConfig
+from autolora.config import AutoLoraConfig, DataConfig, RetrainConfig, SearchConfig
 from autolora.demo import minilm_path
 from autolora.export import peft_config_dict
 from autolora.layers import linear_features
@@ -223,7 +222,7 @@ def train_lora(task, ranks: int | list[int] | dict[str, int], lr: float, seed: i
     k = max(K, *ranks.values())
     exported = peft_config_dict(RankResult(ranks=ranks, k=k, threshold=None, allow_zero_rank=False),
                                 lora_config(setting, k), modules_to_save=["classifier"], task_kind=task.kind)
-    return retrain_module.retrain(model, exported, train, task.collate, retrain_config(setting, lr, seed),
+    return retrain_module.retrain_lora(model, exported, train, task.collate, retrain_config(setting, lr, seed),
                                   progress=False)
 
 
@@ -275,8 +274,8 @@ def run_search(task, variant: str, lr: float, seed: int, setting: Setting, steps
     config = lora_config(setting)
     if variant == "autolora_budget":
         config = lora_config(setting, BUDGET_K, rank_rule="budget", **equal_budget(target_shapes(model, setting)))
-    found = search_module.search(model, task.train if train is None else train, task.collate, config,
-                                 search_config, progress=False)
+    found = search_module.search_ranks(model, task.train if train is None else train, task.collate, config,
+                                       search_config, progress=False)
     return found, {name: dataclasses.asdict(e) for name, e in model_evidence(model).items()}
 
 

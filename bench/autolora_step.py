@@ -2,7 +2,8 @@
 
 Same model (all-MiniLM-L6-v2 with a 2-class head), same targets (``--target-modules``, default query and value;
 ``all-linear`` = every linear layer but the head), same batch (random token ids, batch 32 x length 64 by
-default). The search step is what `autolora.search` runs per outer step: one Adam step of the LoRA weights and
+default). The search step is what `autolora.search` runs per outer step (its Engine comes from the search's own
+`build_search_engine`): one Adam step of the LoRA weights and
 head, then one hypergradient (default method) and one Adam step of the selection logits, with ``--k`` rank-1
 components per matrix (default 8). The plain step is one forward/backward/AdamW step of PEFT LoRA with
 ``--lora-rank`` (default r = 8, whatever k is: the rank a searched budget is compared with) on the same matrices.
@@ -26,13 +27,11 @@ import time
 
 import torch
 
-import bilevel
 from bilevel.compare.memory import peak_memory
 from autolora.config import AutoLoraConfig, SearchConfig
 from autolora.demo import minilm_path
-from autolora.injection import find_target_modules, gated_layers, head_module_names, inject_gated_lora, \
-    lower_parameters, upper_parameters
-from autolora.search import GateSelection, LoraTraining, build_method
+from autolora.injection import find_target_modules, gated_layers, head_module_names, inject_gated_lora
+from autolora.search import build_search_engine
 
 
 def state_bytes(model: torch.nn.Module, *optimizers: torch.optim.Optimizer) -> int:
@@ -59,20 +58,12 @@ def build_search_step(path, batch, val_batch, method, device, k: int, targets: l
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2).to(device)
     inject_gated_lora(model, AutoLoraConfig(k=k, target_modules=targets))
     model.to(device).train()
-    lower_params, upper_params = lower_parameters(model), upper_parameters(model)
-    cfg = SearchConfig(method=method)
-    lower = LoraTraining(module=model, params=lower_params, data=[batch],
-                         optimizer=torch.optim.Adam(list(lower_params.values()), lr=cfg.learning_rate))
-    upper = GateSelection(module=model, params=upper_params, data=[val_batch],
-                          optimizer=torch.optim.Adam(list(upper_params.values()), lr=cfg.alpha_learning_rate,
-                                                     betas=tuple(cfg.alpha_betas)))
-    engine = bilevel.Engine(lower, upper, method=build_method(cfg), config=bilevel.EngineConfig(
-        progress=False, reuse_inner_gradient=cfg.reuse_inner_gradient))
+    engine = build_search_engine(model, [batch], [val_batch], SearchConfig(method=method))
 
     def step():
         engine.iteration()  # one search step as the search runs it (inner step and outer step)
 
-    return step, model, (lower.optimizer, upper.optimizer)
+    return step, model, (engine.inner.optimizer, engine.outer.optimizer)
 
 
 def build_plain_step(path, batch, device, rank: int, targets: list[str]):

@@ -179,7 +179,7 @@ def retrain(base: nn.Module, scale: float, ranks: dict[str, int], setting: Setti
                                                        modules_to_save=[]))
     config = RetrainConfig(learning_rate=setting.lr, max_steps=setting.retrain_steps, batch_size=setting.batch_size,
                            seed=seed)
-    trained = retrain_module.retrain(model, exported, train, collate, config, progress=False)
+    trained = retrain_module.retrain_lora(model, exported, train, collate, config, progress=False)
     return mse(trained.model, evaluation), trained.trainable_parameters
 
 
@@ -191,7 +191,7 @@ def search(base: nn.Module, scale: float, variant: str, setting: Setting, train,
     search_config = SearchConfig(max_steps=setting.search_steps, batch_size=setting.batch_size,
                                  learning_rate=setting.lr, alpha_learning_rate=setting.gate_lr, seed=seed,
                                  record_every=setting.search_steps, **SEARCHES[variant])
-    search_module.search(model, train, collate, config, search_config, progress=False)
+    search_module.search_ranks(model, train, collate, config, search_config, progress=False)
     return model
 
 

@@ -7,15 +7,18 @@ softmax weight passes a threshold are kept, and a fresh PEFT LoRA with those ran
     autolora demo                      # the whole pipeline offline on MiniLM
     autolora run --model-name-or-path PATH --train-file train.jsonl --validation-file dev.jsonl --output-dir out
 
-Python API: `autolora.pipeline` (run/search/retrain/report) and the building blocks re-exported here.
+Python API: `autolora.pipeline` (run/search/retrain/report: files in an output folder), the in-memory steps under
+it (`search_ranks`, `retrain_lora`), the task kinds (`autolora.tasks`) and the building blocks re-exported here.
 """
-from .config import AutoLoraConfig, RetrainConfig, RunConfig, SearchConfig
+from .config import AutoLoraConfig, DataConfig, RetrainConfig, RunConfig, SearchConfig
 from .export import build_peft_model, peft_config_dict
 from .injection import gated_layers, inject_gated_lora, lower_parameters, upper_parameters
 from .layers import GatedLoraLinear
 from .ranks import RankResult, compute_ranks, load_ranks, save_ranks
-from .search import SearchResult
+from .retrain import retrain_lora
+from .search import SearchResult, build_search_engine, search_ranks
 
-__all__ = ["AutoLoraConfig", "SearchConfig", "RetrainConfig", "RunConfig", "GatedLoraLinear", "inject_gated_lora",
-           "gated_layers", "lower_parameters", "upper_parameters", "RankResult", "compute_ranks", "save_ranks",
-           "load_ranks", "peft_config_dict", "build_peft_model", "SearchResult"]
+__all__ = ["AutoLoraConfig", "SearchConfig", "RetrainConfig", "RunConfig", "DataConfig", "GatedLoraLinear",
+           "inject_gated_lora", "gated_layers", "lower_parameters", "upper_parameters", "RankResult", "compute_ranks",
+           "save_ranks", "load_ranks", "peft_config_dict", "build_peft_model", "SearchResult", "search_ranks",
+           "build_search_engine", "retrain_lora"]

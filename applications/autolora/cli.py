@@ -15,7 +15,7 @@ import sys
 import warnings
 
 from .arguments import add_dataclass_arguments, dataclasses_from_args
-from .config import AutoLoraConfig, RetrainConfig, RunConfig, SearchConfig
+from .config import AutoLoraConfig, DataConfig, RetrainConfig, RunConfig, SearchConfig
 
 __all__ = ["main", "build_parser"]
 
@@ -34,12 +34,6 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _data_config():
-    from .data import DataConfig
-
-    return DataConfig
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog="autolora", description="AutoLoRA: learn a LoRA rank per weight matrix by bilevel optimization "
@@ -48,14 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "transformers, datasets and PEFT, and the traceback of an error)."}
     parser.add_argument("--log-level", default="INFO", **log_level)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    data = _data_config()
     specs = {
         "run": ("search the ranks, retrain with them, evaluate and write the report",
-                [RunConfig, data, AutoLoraConfig, SearchConfig, RetrainConfig]),
+                [RunConfig, DataConfig, AutoLoraConfig, SearchConfig, RetrainConfig]),
         "search": ("search the ranks only (writes ranks.json, peft_config.json, search.json)",
-                   [RunConfig, data, AutoLoraConfig, SearchConfig]),
+                   [RunConfig, DataConfig, AutoLoraConfig, SearchConfig]),
         "retrain": ("retrain fresh PEFT LoRA with the ranks of --ranks, evaluate, save adapter/",
-                    [RunConfig, data, AutoLoraConfig, RetrainConfig]),
+                    [RunConfig, DataConfig, AutoLoraConfig, RetrainConfig]),
     }
     for name, (help_text, classes) in specs.items():
         sub = commands.add_parser(name, help=help_text, description=help_text)
@@ -106,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             configs = dataclasses_from_args(args)
         except ValueError as error:   # a bad flag value: a usage error, as argparse's own
             parser.exit(2, f"autolora {args.command}: error: {error} (see autolora {args.command} --help)\n")
-        run, data, method = configs[RunConfig], configs[_data_config()], configs[AutoLoraConfig]
+        run, data, method = configs[RunConfig], configs[DataConfig], configs[AutoLoraConfig]
         if args.command == "run":
             metrics = pipeline.run(run, data, method, configs[SearchConfig], configs[RetrainConfig])
             print(f"eval: {metrics.get('eval')}")

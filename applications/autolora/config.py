@@ -1,4 +1,4 @@
-"""Configuration dataclasses for AutoLoRA: the method, the search, the retraining and the run.
+"""Configuration dataclasses for AutoLoRA: the method, the search, the retraining, the run and the data.
 
 Every field carries its help text in ``metadata["help"]`` (the CLI builds ``--help`` from it) and is
 validated in ``__post_init__`` with an error that names the field. All configs round-trip through JSON::
@@ -14,7 +14,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["AutoLoraConfig", "SearchConfig", "RetrainConfig", "RunConfig", "FieldError", "RANK_SCALINGS",
+from .data import FILE_FORMATS, SPLIT_FILES, suffix
+
+__all__ = ["AutoLoraConfig", "SearchConfig", "RetrainConfig", "RunConfig", "DataConfig", "FieldError", "RANK_SCALINGS",
            "SELECTION_SPLITS", "DEVICES"]
 
 RANK_SCALINGS = ("peft", "search")
@@ -36,6 +38,10 @@ def _check(condition: bool, cls: str, name: str, message: str) -> None:
         raise FieldError(cls, name, message)
 
 
+def _help(text: str, default=None):
+    return field(default=default, metadata={"help": text})
+
+
 class _JsonConfig:
     """JSON round trip shared by the config dataclasses."""
 
@@ -47,7 +53,8 @@ class _JsonConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ValueError(f"{cls.__name__}.from_dict: unknown field(s) {unknown}; valid fields: {sorted(names)}")
+            raise ValueError(f"{cls.__name__}.from_dict: unknown field(s) {', '.join(unknown)}; valid fields: "
+                             + ", ".join(sorted(names)))
         return cls(**data)
 
     def to_json(self) -> str:
@@ -276,3 +283,61 @@ class RunConfig(_JsonConfig):
     def __post_init__(self):
         name = type(self).__name__
         _check(self.device in DEVICES, name, "device", f"must be one of {list(DEVICES)}, got {self.device!r}")
+
+
+@dataclass
+class DataConfig(_JsonConfig):
+    """Where the data is, which columns hold what, and how to tokenize it.
+
+    Columns left as None are detected from their usual names (see `autolora.tasks.detection`). The task kinds and
+    their metrics are those of the task classes in `autolora.tasks.TASK_KINDS`.
+    """
+
+    dataset_name: str | None = _help("Hub dataset name (needs the network); use train_file etc. for local data.")
+    dataset_config_name: str | None = _help("Hub dataset configuration, e.g. 'sst2' for dataset_name 'glue'.")
+    train_file: str | None = _help("Training data: .jsonl, .json, .csv, .tsv or .parquet.")
+    validation_file: str | None = _help("Evaluation data (held out from search and retraining), same formats.")
+    test_file: str | None = _help("Optional test data, same formats; labels may be absent.")
+    task_kind: str = _help("auto (inferred from the columns) or a kind of autolora.tasks.TASK_KINDS: "
+                           "classification, regression, token_classification or generation.", "auto")
+    text_column: str | None = _help("Classification/regression: column with the (first) text.")
+    text_pair_column: str | None = _help("Classification/regression: column with the second text of a pair.")
+    label_column: str | None = _help("Classification/regression: label column (floats mean regression).")
+    tokens_column: str | None = _help("Token classification: column with the list of words.")
+    tags_column: str | None = _help("Token classification: column with the list of tags, one per word.")
+    source_column: str | None = _help("Generation: column with the prompt text.")
+    target_column: str | None = _help("Generation: column with the text to generate.")
+    max_length: int = _help("Truncate tokenized examples to this many tokens (batches pad to their longest).", 128)
+    max_train_samples: int | None = _help("Keep only the first N training examples (quick runs).")
+    max_eval_samples: int | None = _help("Keep only the first N evaluation examples.")
+    max_test_samples: int | None = _help("Keep only the first N test examples.")
+    label_all_tokens: bool = _help("Token classification: label every sub-token of a word in training, not only "
+                                   "the first (evaluation always scores the first sub-token).", False)
+    metric_for_best: str | None = _help("Metric that ranks results, e.g. matthews_correlation for CoLA; default "
+                                        "per kind: accuracy, pearson, f1 (seqeval) or bleu.")
+    generation_separator: str = _help("Generation: text placed between source and target.", " => ")
+    max_new_tokens: int = _help("Generation: tokens decoded per example at evaluation.", 64)
+
+    def __post_init__(self):
+        def refuse(name: str, message: str):
+            raise FieldError("DataConfig", name, message)
+
+        from .tasks import TASK_KINDS, metric_names  # the task classes know their kinds and metrics
+
+        if self.task_kind != "auto" and self.task_kind not in TASK_KINDS:
+            refuse("task_kind", f"must be one of auto, {', '.join(TASK_KINDS)}; got {self.task_kind!r}")
+        if self.dataset_name and any(getattr(self, name) for name in SPLIT_FILES.values()):
+            refuse("dataset_name", "excludes local files (train_file, validation_file, test_file); give one or the "
+                                   "other")
+        if not self.dataset_name and not self.train_file:
+            refuse("train_file", "is required (or a hub dataset_name): no data given")
+        for name in SPLIT_FILES.values():
+            path = getattr(self, name)
+            if path is not None and suffix(path) not in FILE_FORMATS:
+                refuse(name, f"{path!r} has an unsupported extension; use one of " + ", ".join(FILE_FORMATS))
+        for name in ("max_length", "max_new_tokens", "max_train_samples", "max_eval_samples", "max_test_samples"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                refuse(name, f"must be a positive integer, got {value!r}")
+        if self.metric_for_best is not None and self.metric_for_best not in metric_names():
+            refuse("metric_for_best", f"must be one of {', '.join(metric_names())}; got {self.metric_for_best!r}")

@@ -12,7 +12,7 @@ import os
 import random
 import time
 
-from .config import AutoLoraConfig, RetrainConfig, RunConfig, SearchConfig
+from .config import AutoLoraConfig, DataConfig, RetrainConfig, RunConfig, SearchConfig
 from .outputs import prepare_output_dir, write_bytes_atomic
 
 __all__ = ["minilm_path", "generate_sentiment_data", "demo_configs", "run_demo"]
@@ -58,8 +58,6 @@ def _write_jsonl(path: str, rows: list[dict]) -> None:
 
 def demo_configs(output_dir: str, train_examples: int = 640, eval_examples: int = 256):
     """The demo's data, method, search and retrain settings; writes its data files under ``output_dir/data``."""
-    from .data import DataConfig
-
     data_dir = os.path.join(output_dir, "data")
     _write_jsonl(os.path.join(data_dir, "train.jsonl"), generate_sentiment_data(train_examples, seed=0))
     _write_jsonl(os.path.join(data_dir, "validation.jsonl"), generate_sentiment_data(eval_examples, seed=1))

@@ -21,11 +21,7 @@ from .config import AutoLoraConfig
 from .outputs import write_json_atomic
 from .ranks import RankResult
 
-__all__ = ["peft_config_dict", "save_peft_config", "load_peft_config", "build_peft_model", "PEFT_TASK_TYPES"]
-
-# task kind (autolora.tasks) -> PEFT TaskType name
-PEFT_TASK_TYPES = {"classification": "SEQ_CLS", "regression": "SEQ_CLS", "token_classification": "TOKEN_CLS",
-                   "generation": "CAUSAL_LM"}
+__all__ = ["peft_config_dict", "save_peft_config", "load_peft_config", "build_peft_model"]
 
 
 def _pattern_key(name: str, all_names: list[str]) -> str:
@@ -42,6 +38,7 @@ def peft_config_dict(ranks: RankResult, config: AutoLoraConfig, modules_to_save:
     """The PEFT ``LoraConfig`` keyword arguments that reproduce the learned ranks.
 
     ``fan_in_fan_out`` must be True when the targets are GPT-2 ``Conv1D`` layers (weights stored (in, out)).
+    ``task_kind`` (a kind of `autolora.tasks.TASK_KINDS`) sets ``task_type`` to its class's ``peft_task_type``.
     """
     active = {name: r for name, r in ranks.ranks.items() if r > 0}
     if not active:
@@ -68,9 +65,9 @@ def peft_config_dict(ranks: RankResult, config: AutoLoraConfig, modules_to_save:
         "fan_in_fan_out": fan_in_fan_out,
     }
     if task_kind is not None:
-        if task_kind not in PEFT_TASK_TYPES:
-            raise ValueError(f"peft_config_dict: unknown task_kind {task_kind!r}; valid: {sorted(PEFT_TASK_TYPES)}")
-        out["task_type"] = PEFT_TASK_TYPES[task_kind]
+        from .tasks import task_class
+
+        out["task_type"] = task_class(task_kind, "peft_config_dict").peft_task_type
     return out
 
 

@@ -1,5 +1,8 @@
 """Task metrics from the ecosystem's packages (scikit-learn, scipy, seqeval, sacrebleu, rouge-score), no downloads.
 
+Each task class (`autolora.tasks`) says which of these functions scores it (`Task.score`); `compute_metrics(kind,
+...)` in `autolora.tasks` picks it by kind.
+
 Scales follow each package: accuracy, F1, Matthews, Pearson/Spearman, seqeval and ROUGE-L lie in [0, 1]
 (ROUGE-L up to 1), BLEU in [0, 100] as sacrebleu reports it.
 
@@ -14,17 +17,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-
-PRIMARY_METRICS = {"classification": "accuracy", "regression": "pearson", "token_classification": "f1",
-                   "generation": "bleu"}
-
-
-def default_metric(kind: str) -> str:
-    """The metric that ranks results of a kind unless DataConfig.metric_for_best says otherwise."""
-    if kind not in PRIMARY_METRICS:
-        raise ValueError(f"default_metric: unknown kind {kind!r}; choose one of " + ", ".join(PRIMARY_METRICS))
-    return PRIMARY_METRICS[kind]
-
 
 def classification_metrics(predictions: Sequence[int], references: Sequence[int],
                            num_labels: int | None = None) -> dict[str, float]:
@@ -88,16 +80,3 @@ def generation_metrics(predictions: Sequence[str], references: Sequence[Sequence
     rouge = [scorer.score_multi(refs, prediction)["rougeL"].fmeasure
              for prediction, refs in zip(predictions, references)]
     return {"bleu": float(bleu), "rougeL": float(np.mean(rouge)) if rouge else 0.0}
-
-
-def compute_metrics(kind: str, predictions, references, num_labels: int | None = None) -> dict[str, float]:
-    """Metrics of one task kind (see the module docstring for the keys and their scales)."""
-    if kind == "classification":
-        return classification_metrics(predictions, references, num_labels)
-    if kind == "regression":
-        return regression_metrics(predictions, references)
-    if kind == "token_classification":
-        return token_classification_metrics(predictions, references)
-    if kind == "generation":
-        return generation_metrics(predictions, references)
-    raise ValueError(f"compute_metrics: unknown kind {kind!r}; choose one of " + ", ".join(PRIMARY_METRICS))

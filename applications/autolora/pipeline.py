@@ -1,8 +1,7 @@
 """The Python API behind the CLI: `search`, `retrain`, `run` (both, then the report) and `report`.
 
     from autolora import pipeline
-    from autolora.config import AutoLoraConfig, RetrainConfig, RunConfig, SearchConfig
-    from autolora.data import DataConfig
+    from autolora.config import AutoLoraConfig, DataConfig, RetrainConfig, RunConfig, SearchConfig
 
     metrics = pipeline.run(RunConfig(model_name_or_path="path/to/model", output_dir="out"),
                            DataConfig(train_file="train.jsonl", validation_file="dev.jsonl"),
@@ -11,7 +10,9 @@
 Files written into ``output_dir`` (each atomically): ``config.json`` (every setting), ``ranks.json``,
 ``peft_config.json``, ``search.json`` (trajectories, losses), ``adapter/`` (PEFT adapter), ``merged/`` (with
 ``merge=True``), ``metrics.json``, ``report.html`` with ``rank_heatmap.png`` and ``trajectories.png``; with
-``SearchConfig.checkpoint_every`` also ``search_checkpoint/``, from which ``RunConfig.resume`` continues.
+``SearchConfig.checkpoint_every`` also ``search_checkpoint/`` (`autolora.search_checkpoint`), from which
+``RunConfig.resume`` continues. The in-memory steps underneath: `autolora.search.search_ranks` and
+`autolora.retrain.retrain_lora`.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from . import distributed
 from . import report as report_module
 from . import retrain as retrain_module
 from . import search as search_module
+from . import search_checkpoint
 from .config import AutoLoraConfig, RetrainConfig, RunConfig, SearchConfig
 from .export import peft_config_dict, save_peft_config
 from .injection import heads_of, target_module_names
@@ -124,20 +126,21 @@ def search(run_config: RunConfig, data_config, config: AutoLoraConfig, search_co
     checkpoint_dir = (os.path.join(out, "search_checkpoint") if search_config.checkpoint_every or run_config.resume
                       else None)
     if run_config.resume:
-        distributed.on_main(_check_resumable, checkpoint_dir)
+        distributed.on_main(search_checkpoint.require_checkpoint, checkpoint_dir)
     task = task or load_task(run_config, data_config)
     model = _load_model(run_config, task, search_config.seed)
     check_targets(model, config)
     search_module.build_method(search_config)   # an unknown method or setting fails here, before any write
     if run_config.resume:  # other settings or an unreadable checkpoint: refused before the records are touched
-        distributed.on_main(search_module.check_resumable, checkpoint_dir, config, search_config, len(task.train))
+        distributed.on_main(search_checkpoint.check_resumable, checkpoint_dir, config, search_config,
+                            len(task.train))
     distributed.on_main(prepare_output_dir, out, run_config.overwrite or run_config.resume)
     distributed.on_main(_start_records, out, {
         "run": run_config.to_dict(), "data": data_config.to_dict(), "autolora": config.to_dict(),
         "search": search_config.to_dict()})
-    result = search_module.search(model, task.train, task.collate, config, search_config,
-                                  progress=run_config.progress and distributed.is_main(),
-                                  checkpoint_dir=checkpoint_dir, resume=run_config.resume)
+    result = search_checkpoint.search_with_checkpoints(model, task.train, task.collate, config, search_config,
+                                                       progress=run_config.progress and distributed.is_main(),
+                                                       checkpoint_dir=checkpoint_dir, resume=run_config.resume)
     distributed.on_main(_write_search, out, result, config, model, task)
     return result.ranks
 
@@ -150,13 +153,6 @@ def check_targets(model, config: AutoLoraConfig) -> list[str]:
         check_budget(config.budget, {n: linear_features(modules[n]) for n in names}, config.k,
                      config.allow_zero_rank)
     return names
-
-
-def _check_resumable(checkpoint_dir: str) -> None:
-    """--resume needs the checkpoint a search with --checkpoint-every leaves (its settings.json comes first)."""
-    if not os.path.exists(os.path.join(checkpoint_dir, "settings.json")):
-        raise FileNotFoundError(f"--resume: no search checkpoint in {checkpoint_dir}; run without --resume "
-                                "(--checkpoint-every N makes one)")
 
 
 def _start_records(out: str, settings: dict) -> None:
@@ -218,8 +214,8 @@ def retrain(run_config: RunConfig, data_config, config: AutoLoraConfig, retrain_
     if uniform_rank is not None:
         distributed.on_main(save_ranks, ranks, os.path.join(out, "ranks.json"))
     distributed.on_main(save_peft_config, exported, os.path.join(out, "peft_config.json"))
-    result = retrain_module.retrain(model, exported, task.train, task.collate, retrain_config,
-                                    progress=run_config.progress and distributed.is_main())
+    result = retrain_module.retrain_lora(model, exported, task.train, task.collate, retrain_config,
+                                         progress=run_config.progress and distributed.is_main())
     return distributed.on_main(_finish_retrain, out, result, task, retrain_config)
 
 

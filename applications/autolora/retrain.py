@@ -3,7 +3,7 @@
 The model is a standard PEFT model built from the exported config (`autolora.export.peft_config_dict`), trained
 with AdamW and a linear warmup/decay schedule, so the saved adapter is a plain PEFT adapter directory:
 
-    result = retrain(task.load_model(path), peft_config, task.train, task.collate, RetrainConfig())
+    result = retrain_lora(task.load_model(path), peft_config, task.train, task.collate, RetrainConfig())
     save_adapter(result.model, "out/adapter")      # PeftModel.from_pretrained(base, "out/adapter") loads it
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -25,7 +26,7 @@ from .distributed import ShardedLoader, average_gradients
 from .export import build_peft_model
 from .outputs import atomic_directory
 
-__all__ = ["RetrainResult", "retrain", "fit", "save_adapter", "save_merged"]
+__all__ = ["RetrainResult", "retrain_lora", "fit", "save_adapter", "save_merged", "retrain"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +53,21 @@ def _schedule(optimizer: torch.optim.Optimizer, steps: int, warmup_ratio: float)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def retrain(model: nn.Module, peft_config: dict, train_dataset: Sequence, collate: Callable,
-            config: RetrainConfig, progress: bool = True, log_every: int = 10) -> RetrainResult:
-    """Wrap ``model`` with fresh PEFT LoRA of ``peft_config`` and train it on ``train_dataset``."""
+def retrain_lora(model: nn.Module, peft_config: dict, train_dataset: Sequence, collate: Callable,
+                 config: RetrainConfig, progress: bool = True, log_every: int = 10) -> RetrainResult:
+    """Wrap ``model`` with fresh PEFT LoRA of ``peft_config`` and train it on ``train_dataset`` (in memory; the
+    file-level step is `autolora.pipeline.retrain`)."""
     device = next(model.parameters()).device
     torch.manual_seed(config.seed)
     peft_model = build_peft_model(model, peft_config).to(device)
     return fit(peft_model, train_dataset, collate, config, progress=progress, log_every=log_every)
+
+
+def retrain(*args, **kwargs) -> RetrainResult:
+    """Deprecated name of `retrain_lora` (it clashed with the file-level `autolora.pipeline.retrain`)."""
+    warnings.warn("autolora.retrain.retrain is deprecated: use autolora.retrain.retrain_lora", DeprecationWarning,
+                  stacklevel=2)
+    return retrain_lora(*args, **kwargs)
 
 
 def fit(model: nn.Module, train_dataset: Sequence, collate: Callable, config: RetrainConfig,

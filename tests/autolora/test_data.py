@@ -6,7 +6,8 @@ import socket
 import pandas as pd
 import pytest
 
-from autolora.data import DataConfig, DataError, load_raw_splits
+from autolora.config import DataConfig
+from autolora.data import DataError, load_raw_splits
 from autolora.tasks import build_task, load_tokenizer
 
 SST_ROWS = [{"sentence": "a fine film", "label": 1}, {"sentence": "dull and long", "label": 0},
@@ -89,7 +90,7 @@ DETECTION_CASES = [
 def test_kind_and_columns_are_detected(tmp_path, tokenizer, rows, kind, columns):
     train = write(tmp_path / "train.jsonl", rows)
     if kind == "generation":  # MiniLM has no eos token: detect without building the task
-        from autolora.task_detection import detect
+        from autolora.tasks.detection import detect
 
         found = detect(DataConfig(train_file=train), load_raw_splits(DataConfig(train_file=train))["train"], train)
         assert found == (kind, columns)

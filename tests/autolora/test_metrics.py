@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from autolora.metrics import compute_metrics, default_metric
+from autolora.tasks import compute_metrics, default_metric
 
 
 def test_classification_binary_by_hand():

@@ -8,7 +8,7 @@ from torch.utils.data import default_collate
 import bilevel
 from autolora.config import AutoLoraConfig, SearchConfig
 from autolora.injection import gated_layers, inject_gated_lora, lower_parameters, upper_parameters
-from autolora.search import GateSelection, LoraTraining, build_method, search, split_train
+from autolora.search import GateSelection, LoraTraining, build_method, search_ranks, split_train
 from tiny_models import tiny_batch, tiny_model
 
 D = 6
@@ -56,7 +56,7 @@ def two_paths_problem(n=256, seed=0):
 def test_search_selects_the_useful_component(method):
     model, config, rows = two_paths_problem()
     before = {n: p.detach().clone() for n, p in lower_parameters(model).items()}
-    result = search(model, rows, default_collate, config,
+    result = search_ranks(model, rows, default_collate, config,
                     SearchConfig(method=method, max_steps=40, batch_size=32, learning_rate=1e-6,
                                  alpha_learning_rate=0.05, record_every=10, seed=0), progress=False)
     useful = result.ranks.weights["useful"]
@@ -135,7 +135,7 @@ def test_search_on_a_tiny_transformer_keeps_the_model_in_place(arch):
     model = tiny_model(arch)
     base = {n: p for n, p in model.named_parameters()}
     rows = [{k: v[0] for k, v in tiny_batch(batch_size=1, seed=s).items()} for s in range(20)]
-    result = search(model, rows, default_collate, AutoLoraConfig(k=4),
+    result = search_ranks(model, rows, default_collate, AutoLoraConfig(k=4),
                     SearchConfig(max_steps=6, batch_size=4, record_every=3, alpha_learning_rate=0.1),
                     progress=False)
     assert set(result.ranks.ranks) == set(gated_layers(model)) and result.steps == 6
@@ -160,7 +160,7 @@ SLOW_METHODS = sorted(set(bilevel.methods.names()) - set(FAST_METHODS) - {"darts
 def test_every_registered_method_runs_the_search(method):
     model = tiny_model("bert")
     rows = [{k: v[0] for k, v in tiny_batch(batch_size=1, seed=s).items()} for s in range(12)]
-    result = search(model, rows, default_collate, AutoLoraConfig(k=2, lora_dropout=0.0),
+    result = search_ranks(model, rows, default_collate, AutoLoraConfig(k=2, lora_dropout=0.0),
                     SearchConfig(method=method, max_steps=2, batch_size=4, alpha_learning_rate=0.1), progress=False)
     assert result.method and all(1 <= r <= 2 for r in result.ranks.ranks.values())
 
@@ -171,7 +171,7 @@ def test_search_on_a_causal_language_model():
     for s in range(12):
         ids = tiny_batch(batch_size=1, seed=s)["input_ids"][0]
         rows.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids})
-    result = search(model, rows, default_collate, AutoLoraConfig(k=2),
+    result = search_ranks(model, rows, default_collate, AutoLoraConfig(k=2),
                     SearchConfig(max_steps=2, batch_size=4), progress=False)
     assert len(result.ranks.ranks) == 4 and result.trainable_parameters["inner"] == 2 * 2 * (2 * 16 + 16 * 2)
 
@@ -186,7 +186,7 @@ def test_ablation_without_meta_learning_trains_the_logits_on_the_training_loss()
     loss = reference(**batch).loss
     grads = torch.autograd.grad(loss, list(logits.values()))
     lr = 0.05
-    result = search(model, rows, default_collate, config,
+    result = search_ranks(model, rows, default_collate, config,
                     SearchConfig(selection_split="train", max_steps=1, batch_size=64, learning_rate=1e-3,
                                  alpha_learning_rate=lr, record_every=1), progress=False)
     assert result.method == "joint (no meta learning)"

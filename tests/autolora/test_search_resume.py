@@ -8,7 +8,7 @@ from torch.utils.data import default_collate
 from autolora.cli import main
 from autolora.config import AutoLoraConfig, SearchConfig
 from autolora.injection import upper_parameters
-from autolora.search import search
+from autolora.search_checkpoint import search_with_checkpoints
 from test_cli import common, tiny_dir  # noqa: F401  (tiny_dir is a fixture)
 from tiny_models import tiny_batch, tiny_model
 
@@ -27,7 +27,7 @@ def run(checkpoint_dir=None, stop_at=None, resume=False):
         if step == stop_at:
             raise Stop
 
-    result = search(model, ROWS, default_collate, AutoLoraConfig(k=4), SearchConfig(**SETTINGS), progress=False,
+    result = search_with_checkpoints(model, ROWS, default_collate, AutoLoraConfig(k=4), SearchConfig(**SETTINGS), progress=False,
                     on_step=on_step, checkpoint_dir=checkpoint_dir, resume=resume)
     return result, {n: p.detach().clone() for n, p in upper_parameters(model).items()}
 

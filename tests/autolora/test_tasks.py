@@ -1,11 +1,13 @@
 """Tasks end to end on tiny models built from config: tokenization, collate, heads, evaluation."""
+import dataclasses
 import json
 import os
 
 import pytest
 import torch
 
-from autolora.data import TASK_KIND_NAMES, DataConfig, DataError
+from autolora.config import DataConfig
+from autolora.data import DataError
 from autolora.tasks import TASK_KINDS, build_task, load_tokenizer
 
 SHARED_DATA = __import__("pathlib").Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -92,7 +94,13 @@ def e2e_task(tmp_path, tokenizer, **options):
 
 
 def test_registry_matches_kind_names():
-    assert tuple(TASK_KINDS) == TASK_KIND_NAMES
+    assert tuple(TASK_KINDS) == ("classification", "regression", "token_classification", "generation")
+    options = {f.name: f for f in dataclasses.fields(DataConfig)}
+    for kind, task in TASK_KINDS.items():
+        assert task.kind == kind and kind in options["task_kind"].metadata["help"]
+        assert DataConfig(train_file="a.jsonl", task_kind=kind).task_kind == kind
+        assert task.default_metric in task.metric_names and task.peft_task_type
+        assert set(task.column_options) <= set(options)
 
 
 def test_classification_collate_pads_to_batch_max(tmp_path, bert_tokenizer):
@@ -244,7 +252,7 @@ def test_evaluate_end_to_end_bert(tmp_path, bert_tokenizer, tiny_bert_dir, make)
     model = task.load_model(tiny_bert_dir)
     model.train()
     metrics = task.evaluate(model, batch_size=1)
-    assert set(metrics) == set(task.metric_names()) and task.primary_metric in metrics
+    assert set(metrics) == set(task.metric_names) and task.primary_metric in metrics
     assert all(isinstance(value, float) for value in metrics.values())
     assert model.training, "evaluate restores the training mode"
 

@@ -1,58 +1,29 @@
-"""The `Task` protocol shared by every task kind, and tokenizer/model loading from the hub or a local folder.
+"""The `Task` protocol shared by every task kind, with the facts each kind declares about itself.
 
 A task owns the tokenized splits, the collate function that pads a batch to its longest sequence, the model head
-that fits the data, and the evaluation that turns a model into metrics.  Kinds subclass `Task` and fill in
-`_tokenize`, `collate` and `_predict`.
+that fits the data, and the evaluation that turns a model into metrics.  Kinds subclass `Task`, declare their
+facts as class attributes (kind, PEFT task type, metrics, columns) and fill in `_tokenize`, `collate`, `_predict`
+and `score`; `autolora.tasks.TASK_KINDS` lists them by kind, and nothing else keeps a table of them.
 """
 from __future__ import annotations
 
 import logging
-import os
 import uuid
+from typing import TYPE_CHECKING
 
-import datasets
 import torch
 
-from autolora.data import DataConfig, DataError
-from autolora.metrics import compute_metrics, default_metric
+from autolora.data import DataError
+from autolora.tasks.pretrained import from_pretrained
+
+if TYPE_CHECKING:
+    import datasets
+
+    from autolora.config import DataConfig
 
 LOWER_IS_BETTER = ("loss", "mse")
 
 logger = logging.getLogger(__name__)
-
-
-def _looks_like_path(name_or_path: str) -> bool:
-    """Hub ids are "name" or "org/name"; anything else is meant as a local folder."""
-    return name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1 or "\\" in name_or_path
-
-
-def _from_pretrained(loader, name_or_path: str, what: str, **kwargs):
-    """`loader.from_pretrained` with clear errors: a missing folder is named, not looked up on the hub."""
-    if not os.path.isdir(name_or_path) and _looks_like_path(name_or_path):
-        raise FileNotFoundError(f"{what}: model folder not found: {name_or_path}")
-    if os.path.isdir(name_or_path) and not os.path.isfile(os.path.join(name_or_path, "config.json")):
-        raise FileNotFoundError(f"{what}: {name_or_path} is not a Hugging Face model folder: no config.json")
-    try:
-        return loader.from_pretrained(name_or_path, **kwargs)
-    except OSError as error:
-        raise OSError(f"{what}: cannot load {name_or_path!r}: not a local model folder and not loadable from the "
-                      f"hub (offline? pass a local folder): {str(error).splitlines()[0]}") from error
-
-
-def load_tokenizer(name_or_path: str, **kwargs):
-    """AutoTokenizer from a hub name or a local folder, with a pad token (the eos token when it lacks one, as GPT-2).
-
-    Extra kwargs go to `from_pretrained`, e.g. add_prefix_space=True for byte-level BPE on token classification.
-    """
-    from transformers import AutoTokenizer
-
-    tokenizer = _from_pretrained(AutoTokenizer, name_or_path, "load_tokenizer", **kwargs)
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise ValueError(f"load_tokenizer: {name_or_path} has neither a pad nor an eos token; "
-                             "set tokenizer.pad_token before building the task")
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 class Task:
@@ -63,8 +34,13 @@ class Task:
     greater_is_better (False when the primary metric is loss or mse).
     """
 
-    kind: str = ""
-    auto_model_class_name: str = ""
+    kind: str = ""                      # the name DataConfig.task_kind and TASK_KINDS use
+    family: str = ""                    # kinds that read the same columns (classification and regression: "sequence")
+    column_options: tuple[str, ...] = ()   # the DataConfig options naming this family's columns
+    auto_model_class_name: str = ""     # the transformers Auto* class of the head
+    peft_task_type: str = ""            # PEFT's TaskType for this head (peft_config.json's task_type)
+    metric_names: tuple[str, ...] = ()  # the keys `evaluate` returns
+    default_metric: str = ""            # ranks results unless DataConfig.metric_for_best names another
     # A checkpoint whose head has other shapes (2 labels where the data has 3) gets a new head; a language model
     # keeps its own (a mismatch there is a wrong tokenizer, not a new task).
     replaces_mismatched_head = True
@@ -83,10 +59,10 @@ class Task:
         self.train: datasets.Dataset = tokenized["train"]
         self.evaluation: datasets.Dataset | None = tokenized.get("validation")
         self.test: datasets.Dataset | None = tokenized.get("test")
-        self.primary_metric = config.metric_for_best or default_metric(self.kind)
-        if self.primary_metric not in self.metric_names():
+        self.primary_metric = config.metric_for_best or self.default_metric
+        if self.primary_metric not in self.metric_names:
             raise DataError(f"metric_for_best {self.primary_metric!r} is not reported for {self.kind} tasks; "
-                            "choose one of " + ", ".join(self.metric_names()))
+                            "choose one of " + ", ".join(self.metric_names))
         self.greater_is_better = self.primary_metric not in LOWER_IS_BETTER
 
     # --- to be filled in by each kind -------------------------------------------------------------------
@@ -103,8 +79,9 @@ class Task:
     def _predict(self, model, dataset: datasets.Dataset, batch_size: int) -> dict[str, float]:
         raise NotImplementedError
 
-    def metric_names(self) -> tuple[str, ...]:
-        """Keys returned by `evaluate` for this kind."""
+    @classmethod
+    def score(cls, predictions, references, num_labels: int | None = None) -> dict[str, float]:
+        """The metrics of predictions against references (without the loss; see `autolora.metrics`)."""
         raise NotImplementedError
 
     # --- shared -------------------------------------------------------------------------------------------
@@ -127,7 +104,7 @@ class Task:
         """
         kwargs = {"ignore_mismatched_sizes": self.replaces_mismatched_head, **self.model_kwargs(),
                   **from_pretrained_kwargs, "output_loading_info": True}
-        model, info = _from_pretrained(self.auto_model_class, model_name_or_path, "load_model", **kwargs)
+        model, info = from_pretrained(self.auto_model_class, model_name_or_path, "load_model", **kwargs)
         new = sorted({(key if isinstance(key, str) else key[0]).rsplit(".", 1)[0]
                       for key in [*info["missing_keys"], *info["mismatched_keys"]]})
         if new and not self._new_head_logged:
@@ -172,7 +149,7 @@ class Task:
     def evaluate(self, model, dataset: datasets.Dataset | None = None, batch_size: int = 64) -> dict[str, float]:
         """Metrics of `model` on `dataset` (default: the evaluation split), in eval mode without gradients.
 
-        The model's train/eval mode is restored afterwards. Keys: `metric_names()`.
+        The model's train/eval mode is restored afterwards. Keys: `metric_names`.
         """
         dataset = self.evaluation if dataset is None else dataset
         if dataset is None or len(dataset) == 0:
@@ -196,5 +173,5 @@ class Task:
         return {key: value.to(device) for key, value in batch.items()}
 
     def _metrics(self, predictions, references, loss_sum: float, count: int) -> dict[str, float]:
-        metrics = compute_metrics(self.kind, predictions, references, num_labels=self.num_labels)
+        metrics = self.score(predictions, references, num_labels=self.num_labels)
         return {"loss": loss_sum / max(count, 1), **metrics}

@@ -10,17 +10,24 @@ import numpy as np
 import torch
 
 from autolora.data import DataError
-from autolora.task_base import Task
+from autolora.metrics import classification_metrics, regression_metrics
+from autolora.tasks.base import Task
 
 
 class SequenceClassificationTask(Task):
     """Label per text (or pair): AutoModelForSequenceClassification, logits argmax vs labels."""
 
     kind = "classification"
+    family = "sequence"
+    column_options = ("text_column", "text_pair_column", "label_column")
     auto_model_class_name = "AutoModelForSequenceClassification"
+    peft_task_type = "SEQ_CLS"
+    metric_names = ("loss", "accuracy", "f1", "matthews_correlation")
+    default_metric = "accuracy"
 
-    def metric_names(self):
-        return ("loss", "accuracy", "f1", "matthews_correlation")
+    @classmethod
+    def score(cls, predictions, references, num_labels=None):
+        return classification_metrics(predictions, references, num_labels)
 
     def _label_feature(self, train: datasets.Dataset):
         return train.features[self.columns["label_column"]]
@@ -129,10 +136,13 @@ class RegressionTask(SequenceClassificationTask):
     """
 
     kind = "regression"
+    metric_names = ("loss", "pearson", "spearmanr", "mse")
+    default_metric = "pearson"
     _label_dtype = torch.float32
 
-    def metric_names(self):
-        return ("loss", "pearson", "spearmanr", "mse")
+    @classmethod
+    def score(cls, predictions, references, num_labels=None):
+        return regression_metrics(predictions, references)
 
     def _setup_labels(self, train):
         self._require(train, "train", "label_column")

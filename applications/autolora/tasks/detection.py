@@ -14,9 +14,14 @@ none, or more than one, is a `DataError` that says which option to pass.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import datasets
 
-from autolora.data import DataConfig, DataError
+from autolora.data import DataError
+
+if TYPE_CHECKING:
+    from autolora.config import DataConfig
 
 TOKENS_NAMES = ("tokens", "words")
 TAGS_NAMES = ("ner_tags", "tags", "labels", "label")
@@ -27,14 +32,6 @@ TEXT_PAIRS = (("sentence1", "sentence2"), ("question1", "question2"), ("premise"
 TEXT_NAMES = ("sentence", "text", "content", "review")
 LABEL_NAMES = ("label", "labels", "score")
 
-# family -> the DataConfig options that hold its columns (role = option name without "_column")
-FAMILY_OPTIONS = {
-    "sequence": ("text_column", "text_pair_column", "label_column"),
-    "token_classification": ("tokens_column", "tags_column"),
-    "generation": ("source_column", "target_column"),
-}
-FAMILY_NAMES = {"sequence": "classification/regression", "token_classification": "token_classification",
-                "generation": "generation"}
 FLOAT_DTYPES = ("float16", "float32", "float64")
 
 
@@ -43,32 +40,49 @@ def is_list_feature(feature) -> bool:
     return isinstance(feature, (datasets.List, datasets.LargeList, datasets.Sequence, list))
 
 
+def family_options() -> dict[str, tuple[str, ...]]:
+    """Family -> the DataConfig options that hold its columns, as the task classes declare them."""
+    from autolora.tasks import TASK_KINDS
+
+    return {task.family: task.column_options for task in TASK_KINDS.values()}
+
+
+def family_name(family: str) -> str:
+    """How messages name a family: its kinds, e.g. "classification/regression"."""
+    from autolora.tasks import TASK_KINDS
+
+    return "/".join(kind for kind, task in TASK_KINDS.items() if task.family == family)
+
+
 def detect(config: DataConfig, train: datasets.Dataset, source: str) -> tuple[str, dict[str, str | None]]:
     """Return (kind, columns) where columns maps option names (e.g. "text_column") to column names or None.
 
     `source` names the training data in error messages (a file path or a hub dataset).
     """
+    from autolora.tasks import TASK_KINDS
+
+    options_of = family_options()
     features = train.features
     existing = ", ".join(features)
-    for option in sum(FAMILY_OPTIONS.values(), ()):
+    for option in sum(options_of.values(), ()):
         name = getattr(config, option)
         if name is not None and name not in features:
             raise DataError(f"column not found: {source} has no column {name!r} ({option}); columns: {existing}")
-    explicit = [family for family, options in FAMILY_OPTIONS.items()
+    explicit = [family for family, options in options_of.items()
                 if any(getattr(config, option) for option in options)]
     if config.task_kind != "auto":
-        families = [_family(config.task_kind)]
+        families = [TASK_KINDS[config.task_kind].family]
     elif len(explicit) > 1:
         raise DataError("ambiguous columns: options were given for "
-                        + " and ".join(FAMILY_NAMES[family] for family in explicit)
+                        + " and ".join(family_name(family) for family in explicit)
                         + "; pass task_kind to choose one")
     else:
-        families = explicit or list(FAMILY_OPTIONS)
+        families = explicit or list(options_of)
     found = {family: _find(family, config, features) for family in families}
     candidates = [family for family, columns in found.items() if columns is not None]
     if len(families) == 1 and not candidates:
-        what = config.task_kind if config.task_kind != "auto" else FAMILY_NAMES[families[0]]
-        options = ", ".join(FAMILY_OPTIONS[families[0]])
+        what = config.task_kind if config.task_kind != "auto" else family_name(families[0])
+        options = ", ".join(options_of[families[0]])
         raise DataError(f"column not found: cannot find the {what} columns in {source}; columns: "
                         f"{existing}; pass {options}")
     if not candidates:
@@ -76,17 +90,13 @@ def detect(config: DataConfig, train: datasets.Dataset, source: str) -> tuple[st
                         "the column options (text_column/label_column, tokens_column/tags_column or "
                         "source_column/target_column)")
     if len(candidates) > 1:
-        fits = " and ".join(FAMILY_NAMES[family] for family in candidates)
+        fits = " and ".join(family_name(family) for family in candidates)
         raise DataError(f"ambiguous task: the columns of {source} ({existing}) fit {fits}"
                         + "; pass task_kind to choose one")
     family = candidates[0]
     columns = found[family]
     kind = config.task_kind if config.task_kind != "auto" else _sequence_kind(family, features, columns)
     return kind, columns
-
-
-def _family(kind: str) -> str:
-    return "sequence" if kind in ("classification", "regression") else kind
 
 
 def _sequence_kind(family: str, features, columns) -> str:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 
 from autolora.data import DataError
-from autolora.task_base import Task
+from autolora.metrics import generation_metrics
+from autolora.tasks.base import Task
 
 IGNORE_INDEX = -100
 
@@ -19,11 +20,17 @@ class GenerationTask(Task):
     target_text (the last three are for evaluation; `collate` drops them)."""
 
     kind = "generation"
+    family = "generation"
+    column_options = ("source_column", "target_column")
     auto_model_class_name = "AutoModelForCausalLM"
+    peft_task_type = "CAUSAL_LM"
+    metric_names = ("loss", "bleu", "rougeL")
+    default_metric = "bleu"
     replaces_mismatched_head = False
 
-    def metric_names(self):
-        return ("loss", "bleu", "rougeL")
+    @classmethod
+    def score(cls, predictions, references, num_labels=None):
+        return generation_metrics(predictions, references)
 
     def _setup_labels(self, train):
         if self.tokenizer.eos_token_id is None:

@@ -7,10 +7,10 @@ Evaluation scores one tag per word with seqeval.
 """
 from __future__ import annotations
 
-
 from autolora.data import DataError
-from autolora.task_base import Task
-from autolora.task_detection import is_list_feature
+from autolora.metrics import token_classification_metrics
+from autolora.tasks.base import Task
+from autolora.tasks.detection import is_list_feature
 
 IGNORE_INDEX = -100
 
@@ -19,10 +19,16 @@ class TokenClassificationTask(Task):
     """Tag per word: AutoModelForTokenClassification; needs a fast tokenizer (for word_ids)."""
 
     kind = "token_classification"
+    family = "token_classification"
+    column_options = ("tokens_column", "tags_column")
     auto_model_class_name = "AutoModelForTokenClassification"
+    peft_task_type = "TOKEN_CLS"
+    metric_names = ("loss", "precision", "recall", "f1", "accuracy")
+    default_metric = "f1"
 
-    def metric_names(self):
-        return ("loss", "precision", "recall", "f1", "accuracy")
+    @classmethod
+    def score(cls, predictions, references, num_labels=None):
+        return token_classification_metrics(predictions, references)
 
     def _setup_labels(self, train):
         if not getattr(self.tokenizer, "is_fast", False):
