@@ -16,7 +16,7 @@ from .history import MetricsHistory
 from .hypergradient import hypergradient
 from .params import Params, detached
 from .autodiff import MicroBatches, parts
-from .problem import Problem
+from .level import Level
 from .attention_kernels import check_second_order_support
 
 
@@ -36,7 +36,7 @@ class Engine:
     >>> engine.run()
     """
 
-    def __init__(self, inner: Problem, outer: Problem, method: Any = "finite_difference",
+    def __init__(self, inner: Level, outer: Level, method: Any = "finite_difference",
                  config: Optional[EngineConfig] = None,
                  on_validate: Optional[Callable[["Engine"], Optional[Dict[str, float]]]] = None,
                  on_step: Optional[Callable[["Engine", int], None]] = None):
@@ -112,7 +112,7 @@ class Engine:
         return result, math.nan if inner_loss is None else float(inner_loss)
 
     @staticmethod
-    def _apply_gradients(level: Problem, clip: Optional[float], scaler: Optional[torch.amp.GradScaler] = None):
+    def _apply_gradients(level: Level, clip: Optional[float], scaler: Optional[torch.amp.GradScaler] = None):
         """Clip, step and schedule ``level`` from the gradients in its ``.grad``: where both levels take a step."""
         if clip is not None:
             torch.nn.utils.clip_grad_norm_(list(level.stored_params.values()), clip)
@@ -203,7 +203,7 @@ class Engine:
             bar.close()
         return self.history
 
-    def _next(self, level: Problem) -> Any:
+    def _next(self, level: Level) -> Any:
         """The next batch of a level, or ``accumulation_steps`` of them as :class:`MicroBatches`."""
         n = self.config.accumulation_steps
         return level.next_batch() if n == 1 else MicroBatches([level.next_batch() for _ in range(n)])

@@ -61,7 +61,7 @@ def weighted_loss(logits, labels, weights, parameters, weight_decay):
     return (weights * losses).sum() / weights.sum() + 0.5 * weight_decay * penalty
 
 
-class Training(bilevel.Problem):
+class Training(bilevel.Level):
     """Inner level: the classifier on the noisy training set, each example weighted by sigmoid(a_i)."""
 
     def __init__(self, weight_decay: float, **kwargs):
@@ -74,7 +74,7 @@ class Training(bilevel.Problem):
         return weighted_loss(self(x), y, weights, self.params.values(), self.weight_decay)
 
 
-class CleanValidation(bilevel.Problem):
+class CleanValidation(bilevel.Level):
     """Outer level: cross-entropy of the classifier on the clean validation split."""
 
     def loss(self, batch):

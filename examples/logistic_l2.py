@@ -45,7 +45,7 @@ def load_splits(seed: int, train_fraction: float = 0.3):
             "test": as_tensors(x_test, y_test), "feature_names": list(data.feature_names)}
 
 
-class Training(bilevel.Problem):
+class Training(bilevel.Level):
     """Inner level: training cross-entropy plus the per-feature L2 penalty set by the outer level."""
 
     def loss(self, batch):
@@ -54,7 +54,7 @@ class Training(bilevel.Problem):
         return F.binary_cross_entropy_with_logits(self(x).squeeze(-1), y) + 0.5 * penalty.sum()
 
 
-class Validation(bilevel.Problem):
+class Validation(bilevel.Level):
     """Outer level: validation cross-entropy of the inner model (run with the inner parameters in play)."""
 
     def loss(self, batch):

@@ -30,7 +30,7 @@ ATTENTION = ["bert.encoder.layer.0.attention.self.query.weight", "bert.encoder.l
              "classifier.weight", "classifier.bias"]
 
 
-class WeightedTraining(bilevel.Problem):
+class WeightedTraining(bilevel.Level):
     """Per-example weights sigmoid(a_i) on the training loss (data reweighting)."""
 
     def loss(self, batch):
@@ -39,7 +39,7 @@ class WeightedTraining(bilevel.Problem):
         return (torch.sigmoid(self.outer.params["a"]) * per_example).mean()
 
 
-class Validation(bilevel.Problem):
+class Validation(bilevel.Level):
     def loss(self, batch):
         ids, labels = batch
         return F.cross_entropy(self.inner(input_ids=ids).logits, labels)

@@ -49,13 +49,13 @@ def fit(l2, train):
     return {k: v.detach() for k, v in params.items()}
 
 
-class Training(bilevel.Problem):
+class Training(bilevel.Level):
     def loss(self, batch):
         l2 = torch.exp(self.outer.params["log_l2"])
         return log_loss(self.params, batch) + 0.5 * (l2 * self.params["w"] ** 2).sum()
 
 
-class Validation(bilevel.Problem):
+class Validation(bilevel.Level):
     def loss(self, batch):
         return log_loss(self.inner.params, batch)
 

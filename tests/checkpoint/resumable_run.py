@@ -18,14 +18,14 @@ from bilevel import checkpoint as checkpoint_module
 OUTER_STEPS = 12
 
 
-class Train(bilevel.Problem):
+class Train(bilevel.Level):
     def loss(self, batch):
         x, y = batch
         penalty = sum(torch.exp(self.outer.params["log_decay"]) * (w ** 2).sum() for w in self.params.values())
         return torch.nn.functional.cross_entropy(self(x), y) + penalty
 
 
-class Validate(bilevel.Problem):
+class Validate(bilevel.Level):
     def loss(self, batch):
         x, y = batch
         return torch.nn.functional.cross_entropy(self.inner(x), y)

@@ -19,7 +19,7 @@ def make_data(seed=0):
     return (x[:BATCH], y[:BATCH]), (x[BATCH:], y[BATCH:])
 
 
-class Train(bilevel.Problem):
+class Train(bilevel.Level):
     def loss(self, batch):
         x, y = batch
         decay = sum(torch.exp(self.outer.params[f"log_decay.{name}"]) * (w ** 2).sum()
@@ -27,7 +27,7 @@ class Train(bilevel.Problem):
         return ((self(x) - y) ** 2).mean() + 0.5 * decay
 
 
-class Validate(bilevel.Problem):
+class Validate(bilevel.Level):
     def loss(self, batch):
         x, y = batch
         prior = sum(torch.exp(v) for v in self.params.values())  # a direct term, so first_order moves too

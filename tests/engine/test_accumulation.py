@@ -57,12 +57,12 @@ def test_micro_batches_equal_the_whole_batch(method, pieces):
                                torch.as_tensor(whole.diagnostics["outer_loss"]), rtol=1e-12, atol=0)
 
 
-class Train(bilevel.Problem):
+class Train(bilevel.Level):
     def loss(self, batch):
         return self.inner_loss(self.params, self.outer.params, batch)
 
 
-class Validate(bilevel.Problem):
+class Validate(bilevel.Level):
     def loss(self, batch):
         return self.outer_loss(self.inner.params, self.params, batch)
 

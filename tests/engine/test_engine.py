@@ -14,12 +14,12 @@ from tests.bilevel.problems import DT, Quadratic
 # the quadratic problem as two Problems over plain tensors
 
 
-class QuadraticInner(bilevel.Problem):
+class QuadraticInner(bilevel.Level):
     def loss(self, batch):
         return self.quadratic.inner_value(self.quadratic.flat(self.params), self.outer.params["x"], batch)
 
 
-class QuadraticOuter(bilevel.Problem):
+class QuadraticOuter(bilevel.Level):
     def loss(self, batch):
         return self.quadratic.outer_value(self.quadratic.flat(self.inner.params), self.params["x"], batch)
 
@@ -87,7 +87,7 @@ def test_engine_with_approximate_methods_reaches_their_own_fixed_point(method, f
 # binding and level separation on a module shared by both levels
 
 
-class SharedLower(bilevel.Problem):
+class SharedLower(bilevel.Level):
     """Regression with a per-example weight exp(log_weight) held by the same module as the weights."""
 
     def loss(self, batch):
@@ -96,7 +96,7 @@ class SharedLower(bilevel.Problem):
         return (torch.exp(self.outer.params["log_weight"]) * per_example).mean()
 
 
-class SharedUpper(bilevel.Problem):
+class SharedUpper(bilevel.Level):
     def loss(self, batch):
         X, y = batch
         return ((self.inner(X).squeeze(-1) - y) ** 2).mean()
@@ -309,3 +309,7 @@ def test_engine_config_json_round_trip():
                                   seed=11, progress=False, check_finite=False)
     assert bilevel.EngineConfig.from_json(config.to_json()) == config
     assert json.loads(config.to_json())["seed"] == 11
+
+
+def test_problem_is_the_former_name_of_level():
+    assert bilevel.Problem is bilevel.Level

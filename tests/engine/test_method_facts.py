@@ -12,7 +12,7 @@ from bilevel.methods import FiniteDifference, Unroll
 DT = torch.float64
 
 
-class Regression(bilevel.Problem):
+class Regression(bilevel.Level):
     """Ridge regression with one L2 weight exp(x_j) per feature; batches are DataLoader [features, targets] lists."""
 
     def loss(self, batch):
@@ -21,7 +21,7 @@ class Regression(bilevel.Problem):
         return 0.5 * (residual ** 2).mean() + 0.5 * (torch.exp(self.outer.params["log_l2"]) * self.params["w"] ** 2).sum()
 
 
-class Validation(bilevel.Problem):
+class Validation(bilevel.Level):
     def loss(self, batch):
         features, targets = batch
         return 0.5 * ((features @ self.inner.params["w"] - targets) ** 2).mean()

@@ -32,7 +32,7 @@ def outer_loss(w, h, batch):
     return ((predict(w, inputs) - targets) ** 2).mean()
 
 
-class Counted(bilevel.Problem):
+class Counted(bilevel.Level):
     calls = 0
 
     def loss(self, batch):

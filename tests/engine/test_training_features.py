@@ -5,7 +5,7 @@ import torch
 import bilevel
 
 
-class Train(bilevel.Problem):
+class Train(bilevel.Level):
     def loss(self, batch):
         x, y = batch
         self.seen_dtypes.append(self(x).dtype)
@@ -13,7 +13,7 @@ class Train(bilevel.Problem):
         return ((self(x) - y) ** 2).mean() + penalty
 
 
-class Validate(bilevel.Problem):
+class Validate(bilevel.Level):
     def loss(self, batch):
         x, y = batch
         return ((self.inner(x) - y) ** 2).mean()

@@ -1,4 +1,4 @@
-"""One level of a bilevel problem: its parameters, optimizer, data and loss."""
+"""One level of a bilevel problem: its parameters, optimizer, data and loss (the object layer's unit)."""
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -11,8 +11,9 @@ from .data_stream import DataStream
 from .params import Params
 
 
-class Problem:
-    """A level of a bilevel problem; subclass it and define ``loss(batch)``.
+class Level:
+    """One level of a bilevel problem; subclass it and define ``loss(batch)``. (Called ``Problem`` before; that
+    name still works. The whole problem as functions, for ``compare``, is :class:`bilevel.compare.BilevelProblem`.)
 
     Args:
         module: an ``nn.Module`` the loss runs (optional; a level may own plain tensors).
@@ -42,11 +43,11 @@ class Problem:
             else scheduler
         self.data = data
         self._bound: Optional[Params] = None
-        self.inner: Optional[Problem] = None
-        self.outer: Optional[Problem] = None
+        self.inner: Optional[Level] = None
+        self.outer: Optional[Level] = None
 
     def loss(self, batch: Any) -> torch.Tensor:
-        raise NotImplementedError(f"{self.name}: define loss(self, batch) in your Problem subclass")
+        raise NotImplementedError(f"{self.name}: define loss(self, batch) in your Level subclass")
 
     @property
     def params(self) -> Params:
@@ -59,7 +60,7 @@ class Problem:
         return self._params
 
     @property
-    def other(self) -> Optional["Problem"]:
+    def other(self) -> Optional["Level"]:
         return self.outer if self.outer is not None else self.inner
 
     @contextmanager
