@@ -140,11 +140,8 @@ def build(method: "str | HypergradientMethod | MethodSpec", *, inner_lr: Optiona
         if settings:
             raise ValueError(f"methods.build: settings {sorted(settings)} given with a MethodSpec; put them in it")
         method, settings = method.name, dict(method.settings)
-    if isinstance(method, HypergradientMethod):
-        made, fixed = get(method, **settings), None
-    else:
-        made = get(method, **settings)
-        fixed = set(settings)
+    made = get(method, **settings)
+    fixed = None if isinstance(method, HypergradientMethod) else set(settings)
     declared = type(made).inner_optimizer_settings()
     unset = {k for k in declared if getattr(made, k) is None} if fixed is None else set(declared) - fixed
     if not unset:
