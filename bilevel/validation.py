@@ -27,3 +27,13 @@ def warn_caller(message: str, category: type = RuntimeWarning) -> None:
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, category, stacklevel=level)
+
+
+def require_decay_exponent(owner: str, **values) -> None:
+    """Raise ``ValueError`` naming the first step-size decay exponent that is neither ``None`` (constant steps) nor in
+    (0, 1] (the step at call t is ``step * t**-decay``)."""
+    for key, value in values.items():
+        if value is None:
+            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 1:
+            raise ValueError(f"{owner}: {key} must be None (constant steps) or a number in (0, 1], got {value!r}")

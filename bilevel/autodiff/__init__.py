@@ -2,7 +2,7 @@
 and ranks (:mod:`.gradients`), and second-derivative products, exact or by finite differences (:mod:`.products`)."""
 from .batches import MicroBatches, StepBatches, mean_over_parts, parts, per_step_batches
 from .gradients import loss_gradients
-from .products import InnerHessian, finite_difference_mixed_product
+from .products import InnerHessian, finite_difference_mixed_product, finite_difference_products
 
 __all__ = ["MicroBatches", "StepBatches", "mean_over_parts", "parts", "per_step_batches", "loss_gradients",
-           "InnerHessian", "finite_difference_mixed_product"]
+           "InnerHessian", "finite_difference_mixed_product", "finite_difference_products"]

@@ -76,3 +76,27 @@ def finite_difference_mixed_product(inner_loss, inner_params, outer_params, batc
     _, (minus,) = loss_gradients(inner_loss, P.detached(P.add(inner_params, direction, -e)), outer_params, batch,
                                  (outer_params,), across_ranks=False)
     return P.scale(mean_across_ranks(P.sub(plus, minus)), 1.0 / (2 * e)), float(e)  # the two passes, reduced once
+
+
+def finite_difference_products(inner_loss, inner_params, outer_params, batch, direction, epsilon):
+    """``(H v, (d^2 g / dx dw) v, e)`` by central differences of the full gradient of g along ``v``, ``e = epsilon/||v||``.
+
+    Two forward+backward passes (at w + e v and w - e v, each differentiated in w and x) and no double backward; exact
+    when g is quadratic in w (bilinear coupling), O(e^2) error otherwise. ``inner_params`` is never changed.
+    """
+    size = P.norm(direction)
+    if size == 0:
+        return P.zeros_like(inner_params), P.zeros_like(outer_params), 0.0
+    e = epsilon / size
+    passes = []
+    for sign in (1.0, -1.0):
+        point = P.detached(P.add(inner_params, direction, sign * e), requires_grad=True)
+        _, (by_w, by_x) = loss_gradients(inner_loss, point, outer_params, batch, (point, outer_params),
+                                         across_ranks=False)
+        passes.append((by_w, by_x))
+    (plus_w, plus_x), (minus_w, minus_x) = passes
+    difference = mean_across_ranks({**{("w", k): v for k, v in P.sub(plus_w, minus_w).items()},
+                                    **{("x", k): v for k, v in P.sub(plus_x, minus_x).items()}})  # one collective
+    hvp = {k: difference[("w", k)] / (2 * e) for k in inner_params}
+    mixed = {k: difference[("x", k)] / (2 * e) for k in outer_params}
+    return hvp, mixed, float(e)

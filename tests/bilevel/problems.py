@@ -1,13 +1,17 @@
 """Bilevel problems with hand-derived derivatives, and reference hypergradients built from them (float64).
 
 Each problem gives the inner loss g(w, x) and outer loss f(w, x) as the library sees them (dicts of tensors), and
-independently, by hand (no autograd): grad_w g, the Hessian H = d^2 g / dw^2, the mixed Jacobian
+independently, by hand (no autograd): grad_w g, grad_x g, the Hessian H = d^2 g / dw^2, the mixed Jacobian
 J = d(grad_w g)/dx (n x m), grad_w f, grad_x f and the inner solution w*(x). The references below combine only those:
 
     implicit:           grad_x f - J^T H^-1 grad_w f                      at w*(x)
     K-step SGD unroll:  D_{t+1} = (I - eta H_t) D_t - eta J_t, D_0 = 0;   grad_x f(w_K) + D_K^T grad_w f(w_K)
     identity implicit:  grad_x f - J^T grad_w f                           (implicit with H^-1 replaced by I)
     first order:        grad_x f
+    SOBA at state v:    grad_x f + J^T v
+    AmIGO-GD from q_0:  q_{m+1} = q_m - beta (H q_m - grad_w f), M times;   grad_x f - J^T q_M     at w*(x)
+    F2SA at state y:    y <- y - (lr/lambda)(grad_w f(y) + lambda grad_w g(y)), T times;
+                        grad_x f(y) + lambda (grad_x g(y) - grad_x g(w))
 """
 from __future__ import annotations
 
@@ -72,6 +76,22 @@ class Problem:
     def first_order(self, w, x):
         return self.outer_grad_x(w, x)
 
+    def soba(self, w, x, v):
+        return self.outer_grad_x(w, x) + self.mixed(w, x, self.inner_batch).T @ v
+
+    def amigo(self, x, q, iterations, step):
+        w = self.w_star(x)
+        gw, hessian = self.outer_grad_w(w, x), self.hessian(w, x, self.inner_batch)
+        for _ in range(iterations):
+            q = q - step * (hessian @ q - gw)
+        return self.outer_grad_x(w, x) - self.mixed(w, x, self.inner_batch).T @ q
+
+    def f2sa(self, w, x, y, multiplier, steps, lr):
+        for _ in range(steps):
+            y = y - lr / multiplier * (self.outer_grad_w(y, x) + multiplier * self.inner_grad(y, x, self.inner_batch))
+        return self.outer_grad_x(y, x) + multiplier * (self.inner_grad_x(y, x, self.inner_batch)
+                                                       - self.inner_grad_x(w, x, self.inner_batch))
+
 
 class ValidationMSE(Problem):
     """Outer level shared by the regression fixtures: half the validation MSE, no direct dependence on x."""
@@ -125,6 +145,9 @@ class Ridge(ValidationMSE):
 
     def mixed(self, w, x, batch):
         return torch.diag(w) if self.per_feature else w[:, None]
+
+    def inner_grad_x(self, w, x, batch):
+        return 0.5 * w ** 2 if self.per_feature else 0.5 * (w ** 2).sum().reshape(1)
 
     def w_star(self, x):
         X, y = self.inner_batch
@@ -181,6 +204,9 @@ class Quadratic(Problem):
 
     def mixed(self, w, x, batch):
         return -self.B
+
+    def inner_grad_x(self, w, x, batch):
+        return -self.B.T @ w
 
     def outer_grad_w(self, w, x):
         return w - self.t
@@ -241,6 +267,9 @@ class LogCosh(ValidationMSE):
 
     def mixed(self, w, x, batch):
         return torch.diag(torch.exp(x) * torch.tanh(w))
+
+    def inner_grad_x(self, w, x, batch):
+        return torch.exp(x) * self._logcosh(w)
 
     def w_star(self, x):
         w = torch.zeros(len(x), dtype=DT)

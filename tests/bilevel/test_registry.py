@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import bilevel
-from bilevel.methods import (FiniteDifference, FirstOrder, HypergradientMethod, HypergradientResult, IdentityImplicit,
-                             ImplicitMethod, Unroll)
+from bilevel.methods import (F2SA, SOBA, AmIGO, FiniteDifference, FirstOrder, HypergradientMethod, HypergradientResult,
+                             IdentityImplicit, ImplicitMethod, Unroll)
 from bilevel.methods import base as registry_module
-from problems import closed_form_problems, hypergradient
+from problems import DT, closed_form_problems, hypergradient
 
 PROBLEMS = closed_form_problems()
 SETTINGS = {  # settings some registered names need to be exact on these small problems
@@ -25,8 +25,28 @@ def make_method(name):
     return bilevel.methods.build(name, inner_lr=INNER_LR, **SETTINGS.get(name, {}))
 
 
-def reference_and_tolerance(problem, method, w, x):
-    """What ``method`` computes on ``problem`` at (w, x), by hand, and how closely it must agree."""
+def start_state(problem, method, w):
+    """For methods that carry a state, one away from anything special (zero v, y = w), so that the reference checks
+    their whole update; ``None`` for the others."""
+    u = torch.randn(w.numel(), generator=torch.Generator().manual_seed(7), dtype=DT)
+    if isinstance(method, SOBA):
+        return {"v": problem.inner_params(u), "calls": 2}
+    if isinstance(method, AmIGO):
+        return problem.inner_params(u)
+    if isinstance(method, F2SA):
+        return {"y": problem.inner_params(w + 0.1 * u), "calls": 3}
+    return None
+
+
+def reference_and_tolerance(problem, method, w, x, state):
+    """What ``method`` computes on ``problem`` at (w, x) from ``state``, by hand, and how closely it must agree."""
+    if isinstance(method, SOBA):
+        return problem.soba(w, x, problem.flat(state["v"])), 1e-10
+    if isinstance(method, AmIGO):
+        return problem.amigo(x, problem.flat(state), method.iterations, method.step), 1e-10
+    if isinstance(method, F2SA):
+        multiplier = method.multiplier + method.multiplier_growth * state["calls"]
+        return problem.f2sa(w, x, problem.flat(state["y"]), multiplier, method.steps, method.lr), 1e-10
     if isinstance(method, ImplicitMethod):
         return problem.implicit(x), 1e-8
     if isinstance(method, Unroll):
@@ -48,13 +68,14 @@ def test_every_registered_method_on_every_closed_form_problem(name, problem):
     # implicit methods are exact at the inner optimum; the others at any point (w0 is far from it)
     w = problem.w_star(x) if isinstance(method, ImplicitMethod) else problem.w0
     outer = problem.outer_params(x)
+    state = start_state(problem, method, w)
     grads = bilevel.hypergradient(problem.g, problem.f, problem.inner_params(w), outer, problem.inner_batch,
-                                  problem.outer_batch, method)
+                                  problem.outer_batch, method, state=state)
     assert list(grads) == list(outer)
     for k in outer:
         assert grads[k].shape == outer[k].shape and grads[k].dtype == outer[k].dtype, k
         assert torch.isfinite(grads[k]).all(), k
-    reference, tolerance = reference_and_tolerance(problem, method, w, x)
+    reference, tolerance = reference_and_tolerance(problem, method, w, x, state)
     assert reference is not None, f"no reference for registered method '{name}': add one to this test"
     error = torch.linalg.vector_norm(problem.flat(grads) - reference)
     assert error <= tolerance * max(float(torch.linalg.vector_norm(reference)), 1e-3), (name, float(error))
@@ -113,6 +134,10 @@ def test_user_registered_method_works_without_touching_the_library(private_regis
     ("neumann", "power_iterations", 0),
     ("cg", "iterations", 0), ("cg", "iterations", 2.5), ("cg", "tol", 0.0), ("cg", "damping", -1.0),
     ("exact", "damping", -1.0), ("exact", "max_size", 0),
+    ("soba", "step", 0.0), ("soba", "step", -0.1), ("soba", "decay", 0.0), ("soba", "decay", 1.5),
+    ("soba", "epsilon", 0.0), ("soba", "hessian", "dense"),
+    ("amigo", "solver", "neumann"), ("amigo", "iterations", 0), ("amigo", "step", 0.0),
+    ("f2sa", "lr", 0.0), ("f2sa", "multiplier", 0.0), ("f2sa", "multiplier_growth", -1.0), ("f2sa", "steps", 0),
 ])
 def test_invalid_settings_raise_value_error_naming_the_field(name, field, value):
     with pytest.raises(ValueError, match=field):
