@@ -31,7 +31,11 @@ class F2SA(HypergradientMethod):
 
     Where this differs from the paper: it steps z and y T times each on fresh samples at x_k; here z gets the Engine's
     ``inner_steps`` real steps (any optimizer) and y gets ``steps`` steps, all on the batches the Engine hands over
-    (the last inner step's batch and one outer batch). The order (z and y first, then x) is the paper's.
+    (the last inner step's batch and one outer batch). The order (z and y first, then x) is the paper's. On the first
+    call y_0 is a copy of z after that step's inner steps and takes no step, so that afterwards y and z take their
+    steps at the same x (with ``steps`` = ``inner_steps`` and SGD at lr, y and z stay in step; a y one step behind z
+    would carry lambda times that offset into h). A growing multiplier rescales lambda (y - z) between calls, a bias
+    in h of about multiplier_growth / lambda relative to one y step's contraction: grow it slowly.
     Cost per call: 2 * steps + 3 forward+backward passes, no second derivatives.
     """
 

@@ -155,3 +155,31 @@ def test_soba_finite_difference_runs_where_double_backward_does_not():
     grads = bilevel.hypergradient(inner_loss, outer_loss, inner, outer, None, None,
                                   SOBA(step=0.1, hessian="finite_difference"), state=state)
     assert torch.allclose(grads["x"], -state["v"]["w"], rtol=0, atol=1e-15)  # d^2 g / dx dw = -I: D_x = -v
+
+
+def test_soba_step_decays_as_t_to_the_minus_decay_and_moves_v_by_the_papers_rule():
+    problem = Quadratic()
+    w, x = problem.w0, problem.x0
+    v = torch.randn(w.numel(), generator=torch.Generator().manual_seed(2), dtype=DT)
+    _, result = hypergradient(problem, SOBA(step=0.2, decay=0.5), w, x, return_result=True,
+                              state={"v": problem.inner_params(v), "calls": 3})
+    rho = 0.2 * 4 ** -0.5  # the fourth call
+    assert result.diagnostics["v_step"] == pytest.approx(rho, rel=1e-15) and result.state["calls"] == 4
+    by_hand = v - rho * (problem.hessian(w, x, None) @ v + problem.outer_grad_w(w, x))
+    assert relative_error(problem.flat(result.state["v"]), by_hand) <= 1e-14
+
+
+def test_gradient_descent_solver_from_zero_is_the_neumann_series_and_from_a_start_contracts():
+    matrix = torch.tensor([[3.0, 0.5], [0.5, 1.0]], dtype=DT)
+    b = {"q": torch.tensor([1.0, -2.0], dtype=DT)}
+    matvec = lambda q: {"q": matrix @ q["q"]}  # noqa: E731
+    from_zero, info = bilevel.solvers.GradientDescentSolver(iterations=7, step=0.2)(matvec, b)
+    neumann, _ = bilevel.solvers.NeumannSolver(iterations=6, step=0.2)(matvec, b)  # 7 terms, i = 0..6
+    assert torch.allclose(from_zero["q"], neumann["q"], rtol=1e-14, atol=0) and info.matvecs == 7
+    exact = torch.linalg.solve(matrix, b["q"])
+    start = {"q": exact + torch.tensor([0.3, 0.1], dtype=DT)}
+    moved, _ = bilevel.solvers.GradientDescentSolver(iterations=1, step=0.2)(matvec, b, start)
+    contraction = torch.eye(2, dtype=DT) - 0.2 * matrix
+    assert torch.allclose(moved["q"] - exact, contraction @ (start["q"] - exact), rtol=1e-13, atol=1e-15)
+    with pytest.raises(bilevel.solvers.SolverDivergedError, match="smaller step"):
+        bilevel.solvers.GradientDescentSolver(iterations=30, step=1.0)(matvec, b)
