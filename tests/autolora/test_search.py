@@ -190,7 +190,7 @@ def test_ablation_without_meta_learning_trains_the_logits_on_the_training_loss()
                     SearchConfig(selection_split="train", max_steps=1, batch_size=64, learning_rate=1e-3,
                                  alpha_learning_rate=lr, record_every=1), progress=False)
     assert result.method == "joint (no meta learning)"
-    assert result.losses["outer_loss"][0][1] == pytest.approx(float(loss), rel=1e-6)  # the whole training set
+    assert result.losses["outer_loss"][0][1] == pytest.approx(float(loss.detach()), rel=1e-6)  # the whole training set
     assert grads[0].abs().min() > 1e-6, "the loss must depend on the useful logits, or the test proves nothing"
     for (name, after), g in zip(upper_parameters(model).items(), grads):
         expected = -lr * g / (g.abs() + 1e-8)   # Adam's first step from zero logits
