@@ -7,40 +7,37 @@ from typing import Any, Callable, List, Sequence, Tuple
 import torch
 
 
-class MicroBatches:
+class _Batches:
+    """A non-empty sequence of batches, kept as a tuple; subclasses say what the sequence means."""
+
+    what = "batches"
+
+    def __init__(self, batches: Sequence[Any]):
+        self.batches = tuple(batches)
+        if not self.batches:
+            raise ValueError(f"{type(self).__name__}: pass at least one batch")
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({len(self.batches)} {self.what})"
+
+
+class MicroBatches(_Batches):
     """One logical batch split into micro-batches; derivatives are averaged over them.
 
     >>> bilevel.hypergradient(g, f, w, x, MicroBatches([b1, b2]), MicroBatches([v1, v2]), "cg")
     """
 
-    def __init__(self, batches: Sequence[Any]):
-        self.batches = tuple(batches)
-        if not self.batches:
-            raise ValueError("MicroBatches: pass at least one micro-batch")
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __repr__(self) -> str:
-        return f"MicroBatches({len(self.batches)} micro-batches)"
+    what = "micro-batches"
 
 
-class StepBatches:
+class StepBatches(_Batches):
     """One batch per step of an unroll (a plain list, tuple or dict is one batch, as a DataLoader yields it).
 
     >>> bilevel.hypergradient(g, f, w, x, StepBatches([b1, b2, b3]), val, bilevel.methods.Unroll(steps=3, lr=0.1))
     """
-
-    def __init__(self, batches: Sequence[Any]):
-        self.batches = tuple(batches)
-        if not self.batches:
-            raise ValueError("StepBatches: pass at least one batch")
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __repr__(self) -> str:
-        return f"StepBatches({len(self.batches)} batches)"
 
 
 def per_step_batches(batch: Any, steps: int) -> Tuple[Any, ...]:
