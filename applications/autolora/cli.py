@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--log-level", default=argparse.SUPPRESS, **log_level)
     demo = commands.add_parser("demo", help="run the whole pipeline offline on MiniLM and generated data",
                                description="search + retrain + report on all-MiniLM-L6-v2 with a generated "
-                               "sentiment dataset (about a minute on 2 idle CPU cores)")
+                               "sentiment dataset (under a minute on 2 idle CPU cores)")
     demo.add_argument("--log-level", default=argparse.SUPPRESS, **log_level)
     demo.add_argument("--output-dir", default="autolora-demo", help="output directory (default: autolora-demo)")
     demo.add_argument("--overwrite", action="store_true", help="allow a non-empty --output-dir")

@@ -22,7 +22,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys, monkeypatch):
     assert main(["demo", "--output-dir", "demo", "--no-progress"]) == 0
     out = tmp_path / "demo"
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["eval"]["accuracy"] > 0.7
+    assert metrics["eval"]["accuracy"] > 0.95
     assert (out / "report.html").exists() and (out / "adapter" / "adapter_config.json").exists()
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1].startswith(f"Open {out / 'report.html'} in a browser")   # absolute, whatever the folder given
