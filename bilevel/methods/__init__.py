@@ -7,6 +7,7 @@
 """
 from .amigo import AmIGO
 from .base import HypergradientMethod, HypergradientResult, MethodSpec, build, get, names, register
+from .bome import BOME
 from .conjugate_gradient import ConjugateGradient
 from .exact import Exact
 from .f2sa import F2SA
@@ -19,5 +20,5 @@ from .soba import SOBA
 from .unroll import Unroll
 
 __all__ = ["HypergradientMethod", "HypergradientResult", "MethodSpec", "build", "get", "names", "register", "AmIGO",
-           "ConjugateGradient", "Exact", "F2SA", "FiniteDifference", "FirstOrder", "IdentityImplicit", "Implicit",
-           "ImplicitMethod", "Neumann", "SOBA", "Unroll"]
+           "BOME", "ConjugateGradient", "Exact", "F2SA", "FiniteDifference", "FirstOrder", "IdentityImplicit",
+           "Implicit", "ImplicitMethod", "Neumann", "SOBA", "Unroll"]

@@ -12,6 +12,9 @@ J = d(grad_w g)/dx (n x m), grad_w f, grad_x f and the inner solution w*(x). The
     AmIGO-GD from q_0:  q_{m+1} = q_m - beta (H q_m - grad_w f), M times;   grad_x f - J^T q_M     at w*(x)
     F2SA at state y:    y <- y - (lr/lambda)(grad_w f(y) + lambda grad_w g(y)), T times;
                         grad_x f(y) + lambda (grad_x g(y) - grad_x g(w))
+    BOME at state u:    grad q = (grad_w g(u), grad_x g(u) - grad_x g(w)),
+                        lambda = max(eta |grad q|^2 - <grad f(u), grad q>, 0) / |grad q|^2;
+                        grad_x f(u) + lambda grad_x q
 """
 from __future__ import annotations
 
@@ -91,6 +94,14 @@ class Problem:
             y = y - lr / multiplier * (self.outer_grad_w(y, x) + multiplier * self.inner_grad(y, x, self.inner_batch))
         return self.outer_grad_x(y, x) + multiplier * (self.inner_grad_x(y, x, self.inner_batch)
                                                        - self.inner_grad_x(w, x, self.inner_batch))
+
+    def bome(self, w, x, u, eta):
+        f_w, f_x = self.outer_grad_w(u, x), self.outer_grad_x(u, x)
+        q_w = self.inner_grad(u, x, self.inner_batch)
+        q_x = self.inner_grad_x(u, x, self.inner_batch) - self.inner_grad_x(w, x, self.inner_batch)
+        squared = q_w @ q_w + q_x @ q_x
+        multiplier = max(float(eta * squared - (f_w @ q_w + f_x @ q_x)), 0.0) / float(squared)
+        return f_x + multiplier * q_x
 
 
 class ValidationMSE(Problem):

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import bilevel
-from bilevel.methods import (F2SA, SOBA, AmIGO, FiniteDifference, FirstOrder, HypergradientMethod, HypergradientResult,
-                             IdentityImplicit, ImplicitMethod, Unroll)
+from bilevel.methods import (BOME, F2SA, SOBA, AmIGO, FiniteDifference, FirstOrder, HypergradientMethod,
+                             HypergradientResult, IdentityImplicit, ImplicitMethod, Unroll)
 from bilevel.methods import base as registry_module
 from problems import DT, closed_form_problems, hypergradient
 
@@ -35,6 +35,8 @@ def start_state(problem, method, w):
         return problem.inner_params(u)
     if isinstance(method, F2SA):
         return {"y": problem.inner_params(w + 0.1 * u), "calls": 3}
+    if isinstance(method, BOME):
+        return {"w": problem.inner_params(w + 0.1 * u), "calls": 3}
     return None
 
 
@@ -47,6 +49,8 @@ def reference_and_tolerance(problem, method, w, x, state):
     if isinstance(method, F2SA):
         multiplier = method.multiplier + method.multiplier_growth * state["calls"]
         return problem.f2sa(w, x, problem.flat(state["y"]), multiplier, method.steps, method.lr), 1e-10
+    if isinstance(method, BOME):
+        return problem.bome(w, x, problem.flat(state["w"]), method.eta), 1e-10
     if isinstance(method, ImplicitMethod):
         return problem.implicit(x), 1e-8
     if isinstance(method, Unroll):
@@ -138,6 +142,7 @@ def test_user_registered_method_works_without_touching_the_library(private_regis
     ("soba", "epsilon", 0.0), ("soba", "hessian", "dense"),
     ("amigo", "solver", "neumann"), ("amigo", "iterations", 0), ("amigo", "step", 0.0),
     ("f2sa", "lr", 0.0), ("f2sa", "multiplier", 0.0), ("f2sa", "multiplier_growth", -1.0), ("f2sa", "steps", 0),
+    ("bome", "step", 0.0), ("bome", "eta", 0.0), ("bome", "decay", 1.5), ("bome", "decay_start", 0),
 ])
 def test_invalid_settings_raise_value_error_naming_the_field(name, field, value):
     with pytest.raises(ValueError, match=field):

@@ -1,5 +1,6 @@
-"""A run with a stateful method (SOBA's v, AmIGO's warm start, F2SA's second inner copy and multiplier position),
-checkpointed and resumed midway by a new Engine, ends bit for bit where an uninterrupted run ends."""
+"""A run with a stateful method (SOBA's v, AmIGO's warm start, F2SA's second inner copy and multiplier position,
+BOME's moving inner copy and step-schedule position), checkpointed and resumed midway by a new Engine, ends bit for
+bit where an uninterrupted run ends."""
 import pytest
 import torch
 
@@ -13,6 +14,7 @@ METHODS = {
     "amigo": bilevel.MethodSpec("amigo", {"iterations": 3}),
     "amigo_cg": bilevel.MethodSpec("amigo", {"solver": "cg", "iterations": 2}),
     "f2sa": bilevel.MethodSpec("f2sa", {"multiplier": 10.0, "multiplier_growth": 5.0, "steps": 2}),
+    "bome": bilevel.MethodSpec("bome", {"decay": 1.0, "decay_start": 3}),  # the step depends on the call count
 }
 
 
