@@ -36,6 +36,7 @@ ROWS = {
     "soba_fd": bilevel.MethodSpec("soba", {"hessian": "finite_difference"}),
     "amigo": bilevel.MethodSpec("amigo"),
     "f2sa": bilevel.MethodSpec("f2sa", {"multiplier": 100.0}),
+    "bome": bilevel.MethodSpec("bome", {"decay": 1.0, "decay_start": 10}),
     "cg": bilevel.MethodSpec("cg", {"iterations": 10}),
     "neumann": bilevel.MethodSpec("neumann", {"iterations": 10}),
     "finite_difference": bilevel.MethodSpec("finite_difference"),
