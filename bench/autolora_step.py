@@ -15,11 +15,14 @@ storage); the peak of the live sum is the step's transient memory. The resident 
 optimizer state, allocated before the step) is added to give the total. Both ratios are printed.
 
     python bench/autolora_step.py [--batch-size 32] [--seq-len 64] [--repeats 10] [--method finite_difference]
+    python bench/autolora_step.py --method soba --method-kwargs '{"hessian": "finite_difference"}'
+                                          # SOBA with its finite-difference product (no double backward)
     python bench/autolora_step.py --k 16 --target-modules all-linear   # the search's cost at k=16 on every linear
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -31,7 +34,7 @@ from bilevel.compare.memory import peak_memory
 from autolora.config import AutoLoraConfig, SearchConfig
 from autolora.demo import minilm_path
 from autolora.injection import find_target_modules, gated_layers, head_module_names, inject_gated_lora
-from autolora.search import build_search_engine
+from autolora.search import build_method, build_search_engine
 
 
 def state_bytes(model: torch.nn.Module, *optimizers: torch.optim.Optimizer) -> int:
@@ -51,14 +54,14 @@ def make_batch(tokenizer, batch_size: int, seq_len: int, seed: int, device) -> d
             "labels": torch.randint(0, 2, (batch_size,), generator=g).to(device)}
 
 
-def build_search_step(path, batch, val_batch, method, device, k: int, targets: list[str]):
+def build_search_step(path, batch, val_batch, search_config: SearchConfig, device, k: int, targets: list[str]):
     from transformers import AutoModelForSequenceClassification
 
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2).to(device)
     inject_gated_lora(model, AutoLoraConfig(k=k, target_modules=targets))
     model.to(device).train()
-    engine = build_search_engine(model, [batch], [val_batch], SearchConfig(method=method))
+    engine = build_search_engine(model, [batch], [val_batch], search_config)
 
     def step():
         engine.iteration()  # one search step as the search runs it (inner step and outer step)
@@ -123,6 +126,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=10, help="timed repetitions of each step (default 10)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed repetitions first (default 2)")
     parser.add_argument("--method", default="finite_difference", help="hypergradient method (default finite_difference)")
+    parser.add_argument("--method-kwargs", type=json.loads, default={}, metavar="JSON",
+                        help="the method's settings as `autolora search --method-kwargs` takes them (default {})")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--k", type=int, default=8, help="rank-1 components per matrix in the search (default 8)")
     parser.add_argument("--lora-rank", type=int, default=8, help="rank of the plain LoRA step (default 8)")
@@ -131,6 +136,8 @@ def main(argv=None) -> int:
                              "but the head)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    search_config = SearchConfig(method=args.method, method_kwargs=args.method_kwargs)
+    build_method(search_config)   # an unknown method or setting fails here, before the model loads
     load_before = load_average()   # before this process loads the CPU itself
     from transformers import AutoTokenizer
 
@@ -138,8 +145,8 @@ def main(argv=None) -> int:
     tokenizer = AutoTokenizer.from_pretrained(path)
     batch = make_batch(tokenizer, args.batch_size, args.seq_len, 0, device)
     val_batch = make_batch(tokenizer, args.batch_size, args.seq_len, 1, device)
-    search_step, search_model, search_opts = build_search_step(path, batch, val_batch, args.method, device, args.k,
-                                                               args.target_modules)
+    search_step, search_model, search_opts = build_search_step(path, batch, val_batch, search_config, device,
+                                                               args.k, args.target_modules)
     plain_step, plain_model, plain_opts = build_plain_step(path, batch, device, args.lora_rank, args.target_modules)
     steps = {"search": search_step, "plain": plain_step}
     for _ in range(args.warmup):
@@ -161,7 +168,8 @@ def main(argv=None) -> int:
     median = {name: statistics.median(values) for name, values in times.items()}
     mib = 2 ** 20
     print(f"device={device} threads={torch.get_num_threads()} batch={args.batch_size}x{args.seq_len} "
-          f"method={args.method} repeats={args.repeats} k={args.k} lora_rank={args.lora_rank} "
+          f"method={args.method} {json.dumps(args.method_kwargs)} repeats={args.repeats} k={args.k} "
+          f"lora_rank={args.lora_rank} "
           f"targets={' '.join(args.target_modules)} ({len(gated_layers(search_model))} matrices)")
     # What other processes did while the steps were timed decides; the load average lags by minutes and still
     # counts this bench's own previous run when runs follow each other.

@@ -12,8 +12,9 @@ Per seed, every row is scored on evaluation inputs that nothing trains or tunes 
 
 - ``oracle``: LoRA with the planted ranks on exactly the planted matrices (the known answer);
 - ``uniform``: the same total rank spread evenly over all matrices (1 or 2 each);
-- one row per search x rank rule: the AutoLoRA search (bilevel, or the no-meta-learning ablation that trains
-  the gates on the training loss) with k = 16, then the rule (``threshold`` = the paper's gate >= 1/k;
+- one row per search x rank rule: the AutoLoRA search (bilevel with the default finite difference, bilevel with
+  SOBA and its finite-difference product, or the no-meta-learning ablation that trains the gates on the training
+  loss) with k = 16, then the rule (``threshold`` = the paper's gate >= 1/k;
   ``budget`` with the planted total rank as budget and zero rank allowed, by each importance score), then fresh
   LoRA retrained with those ranks; and ``<row>_shuffled``, the same ranks randomly permuted across matrices;
 - ``random``: the planted total rank placed at random.
@@ -28,6 +29,9 @@ steps of the same size per component.
     python bench/planted_rank.py --seeds 0 1 2 --threads 1 &  python bench/planted_rank.py --seeds 3 4 --threads 1
                                                    # seeds in parallel processes (one result file per seed)
     python bench/planted_rank.py --seeds 0 --search-steps 50 --retrain-steps 50   # a smoke run
+
+A seed whose result file has the same setting is not run again; when it lacks rows that this code makes (a search
+variant added since), only those rows are computed, reusing the file's retrained losses for equal ranks.
 """
 from __future__ import annotations
 
@@ -60,7 +64,10 @@ K = 16
 # (search variant, rule label) -> rule; the budget rules get the planted total rank as budget
 RULES = {"threshold": lambda: ThresholdRule(), "budget_spectrum": lambda: BudgetRule(score="spectrum"),
          "budget_contribution": lambda: BudgetRule(score="contribution"), "budget_gate": lambda: BudgetRule(score="gate")}
-SEARCHES = {"bilevel": {}, "nometa": {"selection_split": "train"}}
+# search variant -> SearchConfig settings: the default finite difference, SOBA with its finite-difference product
+# (no double backward), and the ablation without meta learning
+SEARCHES = {"bilevel": {}, "bilevel_soba": {"method": "soba", "method_kwargs": {"hessian": "finite_difference"}},
+            "nometa": {"selection_split": "train"}}
 
 
 @dataclass(frozen=True)
@@ -231,17 +238,35 @@ def random_ranks(names: list[str], total: int, seed: int) -> dict[str, int]:
     return ranks
 
 
-def run_seed(seed: int, setting: Setting, base: nn.Module, log) -> dict:
+def search_labels(variant: str) -> list[str]:
+    """The rows one search variant gives: one per rule, and its shuffle."""
+    return [f"{variant}_{rule}{suffix}" for rule in RULES for suffix in ("", "_shuffled")]
+
+
+def labels() -> list[str]:
+    """Every row label a seed's record holds."""
+    return ["oracle", "uniform", "random", *(label for variant in SEARCHES for label in search_labels(variant))]
+
+
+def run_seed(seed: int, setting: Setting, base: nn.Module, log, done: dict | None = None) -> dict:
+    """The record of ``seed``: the rows of ``done`` (a record of the same setting) kept, the missing ones computed.
+
+    Every row is deterministic given the seed and its ranks (each search and retraining seeds itself), so a row
+    computed later equals the one a full run would give.
+    """
     teacher, planted = plant(base, seed, setting.strength)
     names = list(planted)
     total = sum(planted.values())
     train = make_rows(teacher, setting.train_rows, setting.seq_len, seed=1000 + seed)
     evaluation = make_rows(teacher, setting.eval_rows, setting.seq_len, seed=2000 + seed)
     scale = base_mse(base, train)
-    record = {"seed": seed, "planted": planted, "base_mse": scale, "rows": {}}
-    cache: dict[tuple, tuple[float, int]] = {}
+    record = {"seed": seed, "planted": planted, "base_mse": scale, "rows": dict(done["rows"]) if done else {}}
+    cache: dict[tuple, tuple[float, int]] = {tuple(row["ranks"]): (row["eval_loss"], row["trainable"])
+                                             for row in record["rows"].values()}
 
     def score(label: str, ranks: dict[str, int], **extra) -> None:
+        if label in record["rows"]:
+            return
         key = tuple(ranks[n] for n in names)
         if key not in cache:
             cache[key] = retrain(base, scale, ranks, setting, train, evaluation, seed)
@@ -258,6 +283,8 @@ def run_seed(seed: int, setting: Setting, base: nn.Module, log) -> dict:
     score("random", random_ranks(names, total, seed))
     planted_vector = [planted[n] for n in names]
     for variant in SEARCHES:
+        if all(label in record["rows"] for label in search_labels(variant)):
+            continue
         t0 = time.perf_counter()
         searched = search(base, scale, variant, setting, train, seed)
         search_s = time.perf_counter() - t0
@@ -271,7 +298,7 @@ def run_seed(seed: int, setting: Setting, base: nn.Module, log) -> dict:
             score(label, ranks, auc=round(auc(planted_vector, vector), 4),
                   spearman=round(spearman(planted_vector, vector), 4), search_s=round(search_s, 1))
             score(label + "_shuffled", shuffled(ranks, seed))
-    record["wall_s"] = round(time.perf_counter() - start, 1)
+    record["wall_s"] = round(time.perf_counter() - start + (done["wall_s"] if done else 0.0), 1)
     return record
 
 
@@ -321,28 +348,31 @@ def table(records: list[dict], setting: Setting) -> str:
     lines += ["", "| row | AUC mean +- std | Spearman mean | eval loss mean | loss / uniform: geometric mean "
               "[paired 95%] | loss / its shuffle: geometric mean [paired 95%] | loss - uniform (paired 95%) | "
               "loss - its shuffle (paired 95%) |", "|---|---|---|---|---|---|---|---|"]
-    labels = [label for label in records[0]["rows"] if not label.endswith("_shuffled")]
-    uniform = [r["rows"]["uniform"]["eval_loss"] for r in records]
-    for label in labels:
-        rows = [r["rows"][label] for r in records]
+    for label in labels():
+        have = [r for r in records if label in r["rows"]]   # a row added later may lack some seeds
+        if label.endswith("_shuffled") or not have:
+            continue
+        rows = [r["rows"][label] for r in have]
         losses = [row["eval_loss"] for row in rows]
+        uniform = [r["rows"]["uniform"]["eval_loss"] for r in have]
         if "auc" in rows[0]:
             aucs = [row["auc"] for row in rows]
             auc_text = f"{statistics.fmean(aucs):.3f} +- {statistics.stdev(aucs) if len(aucs) > 1 else 0:.3f}"
             rhos = [row["spearman"] for row in rows if not math.isnan(row["spearman"])]
             rho_text = f"{statistics.fmean(rhos):+.3f}" if rhos else "-"
-            shuffle = [r["rows"][label + "_shuffled"]["eval_loss"] for r in records]
+            shuffle = [r["rows"][label + "_shuffled"]["eval_loss"] for r in have]
             shuffle_ratio, shuffle_difference = paired_ratio(losses, shuffle), paired(losses, shuffle)
         else:
             auc_text, rho_text, shuffle_ratio, shuffle_difference = "-", "-", "-", "-"
-        equal_total = all(sum(r["rows"][label]["ranks"]) == sum(r["rows"]["uniform"]["ranks"]) for r in records)
+        equal_total = all(sum(r["rows"][label]["ranks"]) == sum(r["rows"]["uniform"]["ranks"]) for r in have)
         if label == "uniform":
             uniform_ratio = uniform_difference = "-"
         elif equal_total:
             uniform_ratio, uniform_difference = paired_ratio(losses, uniform), paired(losses, uniform)
         else:
             uniform_ratio = uniform_difference = "n/a: another total rank"
-        lines.append(f"| {label} | {auc_text} | {rho_text} | {statistics.fmean(losses):.4f} | {uniform_ratio} | "
+        name = label if len(have) == len(records) else f"{label} (seeds {', '.join(str(r['seed']) for r in have)})"
+        lines.append(f"| {name} | {auc_text} | {rho_text} | {statistics.fmean(losses):.4f} | {uniform_ratio} | "
                      f"{shuffle_ratio} | {uniform_difference} | {shuffle_difference} |")
     lines += ["", "Below 1 (ratios) or 0 (differences) favours the row. Per-seed ranks and losses: seed_<N>.json."]
     return "\n".join(lines) + "\n"
@@ -374,11 +404,15 @@ def main(argv: list[str] | None = None) -> int:
 
     for seed in args.seeds:   # one file per seed: a rerun skips finished seeds, and seeds can run in parallel
         path = os.path.join(args.out, f"seed_{seed}.json")
+        done = None
         if os.path.exists(path):
             with open(path, encoding="utf-8") as f:
-                if json.load(f).get("setting") == setting.__dict__:
-                    continue
-        record = run_seed(seed, setting, base, log)
+                done = json.load(f)
+            if done.get("setting") != setting.__dict__:
+                done = None
+            elif all(label in done["rows"] for label in labels()):
+                continue
+        record = run_seed(seed, setting, base, log, done)
         record["setting"] = setting.__dict__
         write_json_atomic(path, record)
     records = []

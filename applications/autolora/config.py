@@ -171,7 +171,9 @@ class SearchConfig(_JsonConfig):
 
     method: str = field(default="finite_difference", metadata={
         "help": "Hypergradient method registered in bilevel.methods (e.g. finite_difference, identity_implicit "
-                "= the original code's variant, darts, first_order, unroll, neumann, cg)."})
+                "= the original code's variant, darts, first_order, unroll, neumann, cg, soba = SOBA's tracked "
+                "implicit hypergradient, with --method-kwargs '{\"hessian\": \"finite_difference\"}' for no double "
+                "backward)."})
     method_kwargs: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "JSON dict of keyword arguments for the method. A method taking `lr` gets the LoRA learning rate "
                 "unless given here."})

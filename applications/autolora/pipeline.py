@@ -131,6 +131,7 @@ def search(run_config: RunConfig, data_config, config: AutoLoraConfig, search_co
     model = _load_model(run_config, task, search_config.seed)
     check_targets(model, config)
     search_module.build_method(search_config)   # an unknown method or setting fails here, before any write
+    search_module.check_second_derivatives(model, search_config)   # and one the model's attention cannot run
     if run_config.resume:  # other settings or an unreadable checkpoint: refused before the records are touched
         distributed.on_main(search_checkpoint.check_resumable, checkpoint_dir, config, search_config,
                             len(task.train))

@@ -14,6 +14,10 @@ rate equal to the LoRA learning rate; ``identity_implicit`` reproduces the origi
 method registered in `bilevel.methods` can be chosen. Both levels share one model: no copy of the model or its
 state is made per step.
 
+A method that needs second derivatives (``soba`` with its default exact products, ``cg``, ``unroll``...) runs SDPA
+attention on its math kernel, which has them; on a model whose attention has none (FlashAttention-2) the search
+refuses it before step 1 and names the setting that avoids them (`check_second_derivatives`).
+
     model = task.load_model(path)
     result = search_ranks(model, task.train, task.collate, AutoLoraConfig(), SearchConfig(max_steps=200))
     result.ranks.ranks       # {"bert.encoder.layer.0.attention.self.query": 3, ...}
@@ -21,6 +25,7 @@ state is made per step.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import time
@@ -32,6 +37,7 @@ import torch
 from torch import nn
 
 import bilevel
+from bilevel.attention_kernels import SecondDerivativeError, check_second_order_support
 
 from .config import AutoLoraConfig, SearchConfig
 from .distributed import ShardedLoader
@@ -39,7 +45,8 @@ from .injection import gated_layers, inject_gated_lora, lower_parameters, upper_
 from .ranks import RankResult, compute_ranks
 
 __all__ = ["LoraTraining", "GateSelection", "SearchResult", "Trajectory", "RankSearch", "search_ranks",
-           "build_search_engine", "search_method", "split_train", "build_method", "search"]
+           "build_search_engine", "search_method", "split_train", "build_method", "check_second_derivatives",
+           "first_order_fix", "search"]
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +119,45 @@ def build_method(config: SearchConfig) -> bilevel.MethodSpec:
     return spec
 
 
+def first_order_fix(search_config: SearchConfig) -> str:
+    """The flag that runs the configured method without second derivatives: the method's own setting that switches
+    its products to finite differences when it has one (SOBA's ``hessian``), else the finite-difference method.
+
+    The method is asked, not a table: each setting is tried at ``"finite_difference"`` and kept when the method then
+    declares ``needs_second_derivatives`` false.
+    """
+    kwargs = dict(search_config.method_kwargs)
+    factory = type(bilevel.methods.get(search_config.method, **kwargs))
+    settings = [f.name for f in dataclasses.fields(factory) if f.init] if dataclasses.is_dataclass(factory) else []
+    for setting in settings:
+        candidate = {**kwargs, setting: "finite_difference"}
+        try:
+            if not bilevel.methods.get(search_config.method, **candidate).needs_second_derivatives:
+                return f"--method-kwargs '{json.dumps(candidate)}'"
+        except (TypeError, ValueError):  # not a setting that takes this value
+            continue
+    return "--method finite_difference"
+
+
+def check_second_derivatives(model: nn.Module, search_config: SearchConfig) -> None:
+    """Refuse a method that needs second derivatives when ``model``'s attention has no double backward
+    (FlashAttention-2; SDPA is run on its math kernel, which has one), naming the fix in the command line's words::
+
+        --method soba: method 'soba' needs second derivatives, but ... uses attn_implementation='flash_attention_2'
+        ...; in autolora: --method-kwargs '{"hessian": "finite_difference"}'
+    """
+    method, _ = search_method(search_config)
+    if isinstance(method, bilevel.MethodSpec):
+        method = method.build(inner_lr=search_config.learning_rate)
+    if not method.needs_second_derivatives:
+        return
+    try:
+        check_second_order_support(model, method.name)
+    except SecondDerivativeError as error:
+        raise SecondDerivativeError(f"--method {search_config.method}: {error}; in autolora: "
+                                    f"{first_order_fix(search_config)}") from None
+
+
 def _last(engine: bilevel.Engine, key: str) -> str:
     """The last recorded value of ``key`` (recorded every ``record_every`` steps), or "-" before the first."""
     value = engine.history.last(key)
@@ -141,7 +187,9 @@ def build_search_engine(model: nn.Module, lower_data, upper_data, search_config:
     `search_method`; ``steps`` outer steps of one inner step each. ``engine.iteration()`` is one search step.
 
     ``lower_data``/``upper_data`` are anything the Engine draws batches from (a `ShardedLoader`, a list of batches).
+    A method that ``model``'s attention cannot run is refused here (`check_second_derivatives`).
     """
+    check_second_derivatives(model, search_config)
     lower_params, upper_params = lower_parameters(model), upper_parameters(model)
     lower = LoraTraining(module=model, params=lower_params, data=lower_data, name="lora_weights",
                          optimizer=torch.optim.Adam(list(lower_params.values()), lr=search_config.learning_rate,
