@@ -11,10 +11,10 @@ Problems (minibatches at both levels, SGD at both levels with the same steps for
   datacleaning scikit-learn's digits, 50% of the 1,000 training labels corrupted, one weight sigmoid(x_i) per
                training row, multinomial logistic regression inside; figures: validation loss and test accuracy.
 Rows: ours SOBA (exact and finite-difference products), AmIGO, F2SA and, as baselines, the Engine with cg,
-neumann and finite_difference. benchopt's own solvers are not run here (the issue's part 3 comparison with them is
-still to do). Per row: the figure at the end, milliseconds per outer step (median of the run's steps, includes the inner
-step), the gradient passes per outer step (the inner step's pass included) and the second-order products
-(Hessian-vector and mixed) per outer step.
+neumann and finite_difference (benchopt's own solvers run side by side with ours on the same data in
+bench/stochastic_peers, docs/stochastic.md). Per row: the figure at the end, milliseconds per outer step (median of
+the run's steps, includes the inner step), the gradient passes per outer step (the inner step's pass included) and the
+second-order products (Hessian-vector and mixed) per outer step.
 
     python bench/stochastic.py [--problems quadratic logreg datacleaning] [--steps 500] [--threads 1]
 """
@@ -85,7 +85,7 @@ def quadratic(seed=0, n=100, m=10, samples=2000, rho=0.1):
 
     return dict(inner_loss=inner_loss, outer_loss=outer_loss, figure=figure, inner={"w": torch.zeros(n, dtype=DT)},
                 outer={"x": torch.zeros(m, dtype=DT)}, inner_data=(c,), outer_data=(t,), inner_lr=0.1, outer_lr=0.5,
-                x_star=x_star)
+                x_star=x_star, matrices={"a": a, "b": b, "rho": rho})
 
 
 def logreg(seed=0, train=50_000, validation=10_000, features=22):

@@ -1,0 +1,108 @@
+"""Command line: run every (problem, solver, side), write the table and the plot under bench/results/."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import torch
+
+from bench import stochastic
+
+from . import lockstep, ours, report, settings, theirs
+
+PROBLEMS = {
+    "quadratic": stochastic.quadratic,
+    "logreg": stochastic.logreg,
+    "datacleaning": stochastic.datacleaning,
+    # ijcnn1's full shape (49,990 training and 91,701 test rows as validation): the >= 1e5-sample timing problem
+    "logreg_ijcnn1": lambda: stochastic.logreg(train=49_990, validation=91_701),
+}
+
+
+def load() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def run_problem(name: str, checkout: str, solvers, steps: int, every: int) -> dict:
+    problem = PROBLEMS[name]()
+    n_inner, n_outer = len(problem["inner_data"][0]), len(problem["outer_data"][0])
+    draws = steps * (3 * settings.N_INNER_STEPS + 3)  # more than any solver draws from one level
+    inner_starts = theirs.sample_starts(checkout, n_inner, settings.BATCH_SIZE, draws, 0)
+    outer_starts = theirs.sample_starts(checkout, n_outer, settings.BATCH_SIZE, draws, 1)
+    rows = {}
+    for solver in solvers:
+        rows[(solver, "ours")] = ours.run(name, problem, solver, steps, every, inner_starts, outer_starts)
+        if solver in settings.BOTH_SIDES:
+            instance = theirs.build(checkout, solver, name, problem, settings.their_parameters(name, solver))
+            rows[(solver, "theirs")] = theirs.run(instance, steps, every, problem["figure"],
+                                                  settings.N_INNER_STEPS, solver)
+        for variant, (base, exponents, overrides) in settings.VARIANTS.items():
+            if base == solver:
+                instance = theirs.build(checkout, base, name, problem,
+                                        {**settings.their_parameters(name, base), **overrides}, exponents=exponents)
+                rows[(variant, "theirs")] = theirs.run(instance, steps, every, problem["figure"],
+                                                       settings.N_INNER_STEPS, base)
+        print(f"{name} {solver}: " + ", ".join(f"{side} {report.figure_name(p)}={p[-1][report.figure_name(p)]:.4g}"
+                                                 for (s, side), p in rows.items() if s == solver), flush=True)
+    return rows
+
+
+def lockstep_check(checkout: str, name: str, steps: int) -> float:
+    """Largest |ours - theirs| over (w, x) after ``steps`` SOBA iterations in their loop order on their batches."""
+    problem = PROBLEMS[name]()
+    inner_starts = theirs.sample_starts(checkout, len(problem["inner_data"][0]), settings.BATCH_SIZE, steps, 0)
+    outer_starts = theirs.sample_starts(checkout, len(problem["outer_data"][0]), settings.BATCH_SIZE, steps, 1)
+    w, x = lockstep.soba(problem, name, inner_starts, outer_starts, steps)
+    tw, tx = theirs.iterates(theirs.build(checkout, "soba", name, problem, settings.their_parameters(name, "soba")),
+                             steps)
+    return max(float((a[k] - b[k]).abs().max()) for a, b in ((w, tw), (x, tx)) for k in a)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--checkout", default="/tmp/benchmark_bilevel",
+                        help="a clone of github.com/benchopt/benchmark_bilevel (kept outside this repository)")
+    parser.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS))
+    parser.add_argument("--solvers", nargs="+", default=list(settings.BOTH_SIDES + settings.OURS_ONLY),
+                        choices=list(settings.BOTH_SIDES + settings.OURS_ONLY))
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--every", type=int, default=50, help="iterations between checkpoints")
+    parser.add_argument("--timing-steps", type=int, default=200, help="steps on logreg_ijcnn1 (timing only)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default="bench/results/stochastic_peers")
+    args = parser.parse_args(argv)
+    if not os.path.isdir(os.path.join(args.checkout, "solvers")):
+        parser.error(f"--checkout {args.checkout!r} has no solvers/ folder: git clone "
+                     "https://github.com/benchopt/benchmark_bilevel there first")
+    if theirs.jax is None:
+        parser.error("jax is not installed: pip install -e '.[benchopt]'")
+    if args.steps % args.every or args.timing_steps % args.every:
+        parser.error(f"--steps and --timing-steps must be multiples of --every ({args.every})")
+    os.makedirs(args.out, exist_ok=True)
+    torch.set_num_threads(args.threads)
+    results, loads = {}, {}
+    for name in args.problems:
+        timing = name == "logreg_ijcnn1"
+        solvers = [s for s in args.solvers if s in settings.BOTH_SIDES] if timing else args.solvers
+        before = load()
+        results[name] = run_problem(name, args.checkout, solvers, args.timing_steps if timing else args.steps,
+                                    args.every)
+        loads[name] = f"{before} -> {load()}"
+    text = report.table(results, "see each section")
+    text = "\n".join(line.replace("load average see each section", f"load average {loads[line.split()[1]]}")
+                     if line.startswith("### ") else line for line in text.splitlines())
+    difference = lockstep_check(args.checkout, "quadratic", 200)
+    text += (f"\nOur SOBA core in their loop order on their batches (quadratic, 200 steps): largest |ours - theirs| "
+             f"over (w, x) = {difference:.2e}\n")
+    with open(os.path.join(args.out, "table.md"), "w") as handle:
+        handle.write(text)
+    with open(os.path.join(args.out, "points.json"), "w") as handle:
+        json.dump({p: {f"{s}|{side}": pts for (s, side), pts in rows.items()} for p, rows in results.items()},
+                  handle)
+    report.plot(results, os.path.join(args.out, "curves.png"))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Our solvers through ``bilevel.Engine`` with their settings, on the batches their sampler draws, with checkpoints."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+import bilevel
+from bench import stochastic
+
+from . import settings
+
+
+class ReplayBatches:
+    """The batches ``data[start:start + batch_size]`` in the order of ``starts`` (their sampler's draws)."""
+
+    def __init__(self, tensors, starts, batch_size):
+        self.tensors, self.starts, self.batch_size = tensors, [int(s) for s in starts], batch_size
+
+    def __iter__(self):
+        for start in self.starts:
+            yield tuple(t[start:start + self.batch_size] for t in self.tensors)
+
+    def __len__(self):
+        return len(self.starts)
+
+
+def _power_schedule(exponent: float, per_outer: int = 1):
+    """LambdaLR factor t^-exponent at outer iteration t = 1, 2, ... (the scheduler steps per optimizer step)."""
+    return lambda step: (step // per_outer + 1) ** -exponent
+
+
+def plan(problem_name: str, solver: str, steps: int):
+    """``(spec, inner_steps, inner_decay, outer_decay)``: our Engine settings that match their solver's."""
+    step = settings.STEPS[problem_name]["step_size"]
+    n = settings.N_INNER_STEPS
+    if solver == "soba":
+        return bilevel.MethodSpec("soba", {"step": step, "decay": 0.5}), 1, 0.5, 0.5
+    if solver == "amigo":
+        return bilevel.MethodSpec("amigo", {"iterations": n, "step": step}), n, 0.0, 0.0
+    if solver == "f2sa":
+        # their lambda grows as lambda0 + delta sum t^-1/7; ours linearly: same start, same value at the last step
+        growth = (settings.their_multiplier(steps) - settings.F2SA_MULTIPLIER["lmbda0"]) / steps
+        spec = bilevel.MethodSpec("f2sa", {"lr": step, "multiplier": settings.F2SA_MULTIPLIER["lmbda0"],
+                                           "multiplier_growth": growth, "steps": n})
+        return spec, n, 4 / 7, 4 / 7
+    return stochastic.ROWS[solver], 1, 0.0, 0.0  # ours only: constant steps, one inner step, as bench/stochastic.py
+
+
+def run(problem_name: str, problem: dict, solver: str, steps: int, every: int, inner_starts, outer_starts):
+    """Run ``steps`` outer steps; a checkpoint every ``every`` steps as in :func:`bench.stochastic_peers.theirs.run`.
+
+    ``seconds`` is the Engine's time with the figure's evaluation left out.
+    """
+    spec, inner_steps, inner_decay, outer_decay = plan(problem_name, solver, steps)
+    inner_lr, outer_lr = settings.STEPS[problem_name]["step_size"], settings.outer_step(problem_name, solver)
+
+    def level(role, initial, data, lr, decay, per_outer):
+        params = {k: torch.nn.Parameter(v.clone()) for k, v in initial.items()}
+        optimizer = torch.optim.SGD(list(params.values()), lr=lr)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _power_schedule(decay, per_outer)) if decay else None
+        return stochastic.FunctionalLevel(problem[f"{role}_loss"], role, params=params, optimizer=optimizer,
+                                          scheduler=scheduler, data=data)
+
+    inner = level("inner", problem["inner"], ReplayBatches(problem["inner_data"], inner_starts, settings.BATCH_SIZE),
+                  inner_lr, inner_decay, inner_steps)
+    outer = level("outer", problem["outer"], ReplayBatches(problem["outer_data"], outer_starts, settings.BATCH_SIZE),
+                  outer_lr, outer_decay, 1)
+    config = bilevel.EngineConfig(outer_steps=steps, inner_steps=inner_steps, seed=0, progress=False,
+                                  log_every=steps)
+    engine = bilevel.Engine(inner, outer, method=spec, config=config)
+    points, totals = [], {"gradients": 0, "products": 0, "seconds": 0.0}
+    clock = [time.perf_counter()]
+
+    def on_step(engine, step):
+        diagnostics = engine.last_result.diagnostics
+        totals["gradients"] += inner_steps + diagnostics.get("gradient_evaluations", 0)
+        totals["products"] += diagnostics.get("hvp", 0)
+        if step % every == 0:
+            totals["seconds"] += time.perf_counter() - clock[0]
+            detached = lambda lvl: {k: v.detach().clone() for k, v in lvl.stored_params.items()}  # noqa: E731
+            points.append({"step": step, "seconds": totals["seconds"], "gradients": totals["gradients"],
+                           "products": totals["products"],
+                           **problem["figure"](detached(engine.inner), detached(engine.outer))})
+            clock[0] = time.perf_counter()
+
+    engine.on_step = on_step
+    engine.run()
+    return points

@@ -1,0 +1,120 @@
+"""bench/stochastic_peers against the benchopt bilevel benchmark's own code (a checkout outside this repository).
+
+Skips without jax/benchopt (the ``benchopt`` extra) or without a checkout: set BENCHMARK_BILEVEL to a clone of
+github.com/benchopt/benchmark_bilevel (default /tmp/benchmark_bilevel).
+"""
+import os
+
+import pytest
+
+pytest.importorskip("jax")
+pytest.importorskip("benchopt")
+CHECKOUT = os.environ.get("BENCHMARK_BILEVEL", "/tmp/benchmark_bilevel")
+if not os.path.isdir(os.path.join(CHECKOUT, "solvers")):
+    pytest.skip(f"no benchmark_bilevel checkout at {CHECKOUT} (set BENCHMARK_BILEVEL)", allow_module_level=True)
+
+from bench import stochastic  # noqa: E402
+from bench.stochastic_peers import lockstep, ours, report, settings, theirs  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def quadratic():
+    return stochastic.quadratic(n=20, m=5, samples=256)  # small: the cost here is JAX compiling their epochs
+
+
+@pytest.fixture(scope="module")
+def datacleaning():
+    return stochastic.datacleaning(train=256, validation=128)
+
+
+def starts(problem, draws):
+    n_inner, n_outer = len(problem["inner_data"][0]), len(problem["outer_data"][0])
+    return (theirs.sample_starts(CHECKOUT, n_inner, settings.BATCH_SIZE, draws, 0),
+            theirs.sample_starts(CHECKOUT, n_outer, settings.BATCH_SIZE, draws, 1))
+
+
+@pytest.mark.parametrize("name", ["quadratic", "datacleaning"])
+def test_our_soba_core_in_their_order_gives_their_iterates(name, quadratic, datacleaning):
+    """Same batches, same steps: our SOBA's directions moved in their loop order equal their iterates to rounding."""
+    problem = quadratic if name == "quadratic" else datacleaning
+    inner_starts, outer_starts = starts(problem, 60)
+    w, x = lockstep.soba(problem, name, inner_starts, outer_starts, 60)
+    their_w, their_x = theirs.iterates(theirs.build(CHECKOUT, "soba", name, problem,
+                                                    settings.their_parameters(name, "soba")), 60)
+    assert float((x["x"] - x0(problem)).abs().max()) > 1e-2  # the outer variable did move
+    for ours_, theirs_ in ((w, their_w), (x, their_x)):
+        for key in ours_:
+            assert float((ours_[key] - theirs_[key]).abs().max()) <= 1e-12
+
+
+def x0(problem):
+    return problem["outer"]["x"]
+
+
+def test_their_oracles_are_our_losses(quadratic, datacleaning):
+    """The JAX oracles written for their solvers give our PyTorch losses on the same slice (float64)."""
+    import jax.numpy as jnp
+    import torch
+
+    for name, problem in (("quadratic", quadratic), ("datacleaning", datacleaning)):
+        f_inner, f_outer, unflatten, inner0, outer0 = theirs.oracles(name, problem)
+        gen = torch.Generator().manual_seed(0)
+        w = torch.randn(inner0.shape, generator=gen, dtype=torch.float64)
+        x = torch.randn(outer0.shape, generator=gen, dtype=torch.float64)
+        ours_w = {k: torch.tensor(v) for k, v in unflatten(w.numpy()).items()}
+        for start in (0, 64):  # inside every level's data (theirs clamps a slice past the end, ours would not)
+            batch = lambda tensors: tuple(t[start:start + 64] for t in tensors)  # noqa: E731
+            for f, loss, data in ((f_inner, problem["inner_loss"], "inner_data"),
+                                  (f_outer, problem["outer_loss"], "outer_data")):
+                theirs_value = float(f(jnp.asarray(w.numpy()), jnp.asarray(x.numpy()), start, batch_size=64))
+                ours_value = float(loss(ours_w, {"x": x}, batch(problem[data])))
+                assert theirs_value == pytest.approx(ours_value, rel=1e-12)
+
+
+@pytest.mark.parametrize("solver", settings.BOTH_SIDES)
+def test_evaluation_counts_add_up(solver, quadratic):
+    """Checkpoints carry the cumulative counts: theirs per the code's static count, ours per the method's
+    diagnostics plus one pass per inner step; both sides run the same number of steps and checkpoints."""
+    steps, every = 20, 10
+    inner_starts, outer_starts = starts(quadratic, steps * (3 * settings.N_INNER_STEPS + 3))
+    ours_points = ours.run("quadratic", quadratic, solver, steps, every, inner_starts, outer_starts)
+    instance = theirs.build(CHECKOUT, solver, "quadratic", quadratic, settings.their_parameters("quadratic", solver))
+    their_points = theirs.run(instance, steps, every, quadratic["figure"], settings.N_INNER_STEPS, solver)
+    assert [p["step"] for p in ours_points] == [p["step"] for p in their_points] == [10, 20]
+    per_step = theirs.THEIR_COUNTS[solver](settings.N_INNER_STEPS)
+    assert their_points[-1]["gradients"] == steps * per_step["gradients"]
+    assert their_points[-1]["products"] == steps * per_step["products"]
+    n = settings.N_INNER_STEPS
+    ours_per_step = {"soba": (1 + 2, 2), "amigo": (n + 2, n + 1), "f2sa": (n + 2 * n + 3, 0)}[solver]
+    assert (ours_points[-1]["gradients"], ours_points[-1]["products"]) == tuple(steps * c for c in ours_per_step)
+    assert ours_points[1]["gradients"] == 2 * ours_points[0]["gradients"]  # the same cost every step
+    for points in (ours_points, their_points):
+        assert all(p["seconds"] > 0 for p in points)
+        assert points[-1]["rel_error"] < 1.0  # both moved towards x* from x = 0 (relative error 1)
+
+
+def test_their_sampler_draws_the_last_batch_twice_per_pass():
+    """The disagreement docs/stochastic.md reports: per pass over 2,000 rows in batches of 64 their sampler draws 33
+    batches, not 32: the last index is read past the end of the order (JAX clamps it) before the reshuffle, and the
+    last start (1,984) is clamped to 1,936, so rows 1,936-1,983 are drawn three times per pass."""
+    inner_starts, _ = starts({"inner_data": [range(2000)], "outer_data": [range(2000)]}, 33 * 3)
+    first_pass = list(inner_starts[:33])
+    assert first_pass[:32] == [64 * i for i in range(30)] + [1920, 1936]  # the first pass is not shuffled
+    assert first_pass[32] == 1936
+    counts = [0] * 2000
+    for start in first_pass:
+        for row in range(start, start + 64):
+            counts[row] += 1
+    assert counts[1935] == 1 and counts[1936] == 3 and counts[1983] == 3 and counts[1999] == 2
+
+
+def test_report_reads_the_targets():
+    points = lambda values, per_step: [  # noqa: E731
+        {"step": 10 * (i + 1), "seconds": 0.1 * (i + 1), "gradients": 10 * (i + 1) * per_step, "products": 0,
+         "val_loss": v} for i, v in enumerate(values)]
+    c = report.compare(points([0.9, 0.5, 0.3], 2), points([0.8, 0.4, 0.35], 1))
+    assert c["level"] == 0.35 and c["theirs_evaluations"] == 30 and c["ours_evaluations"] == 60
+    assert c["evaluation_ratio"] == 2.0 and c["ours_steps"] == c["theirs_steps"] == 30
+    text = report.table({"toy": {("soba", "ours"): points([0.9, 0.5, 0.3], 2),
+                                 ("soba", "theirs"): points([0.8, 0.4, 0.35], 1)}}, "1.00 1.00 1.00")
+    assert "| soba | 0.35 | 0.3 | 30 (30) | 60 (30) | 2.00 |" in text
