@@ -56,7 +56,8 @@ def test_their_oracles_are_our_losses(quadratic, datacleaning):
     import jax.numpy as jnp
     import torch
 
-    for name, problem in (("quadratic", quadratic), ("datacleaning", datacleaning)):
+    logreg = stochastic.logreg(train=512, validation=256)
+    for name, problem in (("quadratic", quadratic), ("logreg", logreg), ("datacleaning", datacleaning)):
         f_inner, f_outer, unflatten, inner0, outer0 = theirs.oracles(name, problem)
         gen = torch.Generator().manual_seed(0)
         w = torch.randn(inner0.shape, generator=gen, dtype=torch.float64)
