@@ -26,11 +26,21 @@ class InnerHessian:
         self.inner_loss, self.batch = inner_loss, batch
         self.inner_params, self.outer_params = inner_params, outer_params
         self.products = 0
-        self._gradient = None if isinstance(batch, MicroBatches) else self._gradient_on(batch)
+        self.loss = None
+        self._gradient = None if isinstance(batch, MicroBatches) else self._gradient_on(batch, keep_loss=True)
 
-    def _gradient_on(self, piece: Any) -> Params:
+    def _gradient_on(self, piece: Any, keep_loss: bool = False) -> Params:
         loss = self.inner_loss(self.inner_params, self.outer_params, piece)
+        if keep_loss:
+            self.loss = loss.detach()
         return P.grad(loss, self.inner_params, create_graph=True)
+
+    def gradient(self) -> Params | None:
+        """``grad_w g`` on the batch (averaged over the ranks), detached; None on micro-batches, where no
+        whole-batch gradient is kept."""
+        if self._gradient is None:
+            return None
+        return mean_across_ranks(P.detached(self._gradient))
 
     def _differentiate(self, vector: Params, wrt: Params) -> Params:
         def on_part(piece, last: bool):
@@ -48,6 +58,13 @@ class InnerHessian:
     def mixed(self, vector: Params) -> Params:
         """``(d^2 g / dx dw) v``, a vector shaped like the outer parameters."""
         return self._differentiate(vector, self.outer_params)
+
+    def matvec_and_mixed(self, vector: Params) -> tuple[Params, Params]:
+        """``H_ww v`` and ``(d^2 g / dx dw) v`` from one backward pass through the gradient's graph (one product)."""
+        joint = {**{("w", k): t for k, t in self.inner_params.items()},
+                 **{("x", k): t for k, t in self.outer_params.items()}}
+        both = self._differentiate(vector, joint)
+        return ({k: both[("w", k)] for k in self.inner_params}, {k: both[("x", k)] for k in self.outer_params})
 
 
 def _product(gradient: Params, vector: Params, wrt: Params) -> Params:

@@ -29,15 +29,18 @@ class SOBA(HypergradientMethod):
     scheduler). Use ``decay`` with a fixed ``step``; a ``step`` taken from a scheduled inner optimizer already decays.
 
     Where this differs from the paper: the paper moves (w, v, x) at once from directions taken at (w_t, v_t, x_t),
-    with independent samples for each. The Engine first takes its ``inner_steps`` real inner steps (any optimizer),
-    then calls this method, so D_v and D_x are taken at the updated w, both on the last inner step's batch. With
-    ``inner_steps=1`` and SGD at lr rho this is SOBA with the inner variable updated first (Gauss-Seidel order).
+    with independent samples for each. By default the Engine first takes its ``inner_steps`` real inner steps (any
+    optimizer), then calls this method, so D_v and D_x are taken at the updated w, both on the last inner step's
+    batch. With ``inner_steps=1`` and SGD at lr rho this is SOBA with the inner variable updated first (Gauss-Seidel
+    order). With ``EngineConfig(reuse_inner_gradient=True)`` and the exact products, the Engine instead takes its
+    inner step with the gradient grad_w g(w_t, x_t) this call computed anyway: the paper's order, all three moved
+    from the same point, and one pass fewer.
 
     ``hessian="finite_difference"`` takes H v and (d^2 g / dx dw) v from one central difference of the gradient of g
     along v (perturbation e = epsilon / ||v||): two gradient passes, no double backward, so it runs where double
     backward does not (fused attention kernels); exact when g is quadratic in w. Cost per call: one outer
-    forward+backward, plus one inner forward+backward with graph and two products (exact) or two inner passes
-    (finite difference).
+    forward+backward, plus one inner forward+backward with graph and one backward through it for both products
+    (exact), or two inner passes (finite difference).
 
     >>> Engine(inner, outer, method=MethodSpec("soba", {"hessian": "finite_difference"}))
     """
@@ -66,10 +69,14 @@ class SOBA(HypergradientMethod):
         v = P.zeros_like(P.detached(inner_params)) if state is None else state["v"]
         outer, (grad_x, grad_w) = loss_gradients(outer_loss, inner_params, outer_params, outer_batch,
                                                  (outer_params, inner_params))
+        inner_grads = None
         if self.hessian == "exact":
             hessian = InnerHessian(inner_loss, inner_params, outer_params, inner_batch)
-            hvp, mixed = hessian.matvec(v), hessian.mixed(v)
+            hvp, mixed = hessian.matvec_and_mixed(v)
+            inner_grads = hessian.gradient()
             diagnostics = {"gradient_evaluations": 2, "hvp": hessian.products}
+            if hessian.loss is not None:
+                diagnostics["inner_loss"] = hessian.loss
         else:
             hvp, mixed, e = finite_difference_products(inner_loss, inner_params, outer_params, inner_batch, v,
                                                        self.epsilon)
@@ -80,4 +87,4 @@ class SOBA(HypergradientMethod):
         size, remainder = float(P.norm(grad_w)), float(P.norm(P.add(hvp, grad_w)))
         residual = remainder / size if size > 0 else remainder  # of v_t's system, as the implicit methods report
         diagnostics.update(outer_loss=outer, residual=residual, v_step=rho)
-        return HypergradientResult(grads, diagnostics, {"v": moved, "calls": calls})
+        return HypergradientResult(grads, diagnostics, {"v": moved, "calls": calls}, inner_grads=inner_grads)

@@ -169,6 +169,25 @@ def test_soba_step_decays_as_t_to_the_minus_decay_and_moves_v_by_the_papers_rule
     assert relative_error(problem.flat(result.state["v"]), by_hand) <= 1e-14
 
 
+def test_soba_reusing_its_inner_gradient_is_the_papers_order_at_three_passes_a_step():
+    """With reuse_inner_gradient the Engine moves w, v and x from the same point (w_t, v_t, x_t), as the paper's
+    SOBA does, and a step costs the outer pass, the inner pass with graph and one backward for both products."""
+    rho, beta, steps = 0.2, 0.3, 6
+    engine = quadratic_engine(SOBA(), outer_steps=steps, inner_lr=rho, outer_lr=beta, reuse_inner_gradient=True)
+    engine.run()
+    w, x, v = PROBLEM.w0.clone(), torch.zeros_like(X_STAR), torch.zeros_like(PROBLEM.w0)
+    for _ in range(steps):
+        w, v, x = (w - rho * PROBLEM.inner_grad(w, x, None),
+                   v - rho * (PROBLEM.hessian(w, x, None) @ v + PROBLEM.outer_grad_w(w, x)),
+                   x - beta * PROBLEM.soba(w, x, v))
+    assert relative_error(outer_value(engine), x) <= 1e-13
+    assert relative_error(PROBLEM.flat({k: p.detach() for k, p in engine.inner.stored_params.items()}), w) <= 1e-13
+    assert relative_error(PROBLEM.flat(engine.method_state["v"]), v) <= 1e-13
+    diagnostics = engine.last_result.diagnostics
+    assert diagnostics["gradient_evaluations"] == 2 and diagnostics["hvp"] == 1  # no separate inner step pass
+    assert engine.last_result.inner_grads is not None
+
+
 def test_gradient_descent_solver_from_zero_is_the_neumann_series_and_from_a_start_contracts():
     matrix = torch.tensor([[3.0, 0.5], [0.5, 1.0]], dtype=DT)
     b = {"q": torch.tensor([1.0, -2.0], dtype=DT)}
