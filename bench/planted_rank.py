@@ -25,7 +25,7 @@ check (oracle vs uniform) and says plainly when the oracle does not win, since t
 anything. Retraining uses the search's scaling (alpha/k for every rank) so that a rank-1 and a rank-8 LoRA take
 steps of the same size per component.
 
-    python bench/planted_rank.py                   # 10 seeds; 5-11 minutes per seed on a loaded 2-core machine
+    python bench/planted_rank.py                   # 10 seeds; 13-21 minutes per seed on a loaded 2-core machine
     python bench/planted_rank.py --seeds 0 1 2 --threads 1 &  python bench/planted_rank.py --seeds 3 4 --threads 1
                                                    # seeds in parallel processes (one result file per seed)
     python bench/planted_rank.py --seeds 0 --search-steps 50 --retrain-steps 50   # a smoke run
