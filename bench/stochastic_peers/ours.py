@@ -31,20 +31,22 @@ def _power_schedule(exponent: float, per_outer: int = 1):
 
 
 def plan(problem_name: str, solver: str, steps: int):
-    """``(spec, inner_steps, inner_decay, outer_decay)``: our Engine settings that match their solver's."""
+    """``(spec, inner_steps, inner_decay, outer_decay, reuse)``: our Engine settings that match their solver's;
+    ``reuse``: the Engine takes its first inner step with the inner gradient the method computed (SOBA: the
+    paper's order, w, v and x moved from the same point, as theirs does)."""
     step = settings.STEPS[problem_name]["step_size"]
     n = settings.N_INNER_STEPS
     if solver == "soba":
-        return bilevel.MethodSpec("soba", {"step": step, "decay": 0.5}), 1, 0.5, 0.5
+        return bilevel.MethodSpec("soba", {"step": step, "decay": 0.5}), 1, 0.5, 0.5, True
     if solver == "amigo":
-        return bilevel.MethodSpec("amigo", {"iterations": n, "step": step}), n, 0.0, 0.0
+        return bilevel.MethodSpec("amigo", {"iterations": n, "step": step}), n, 0.0, 0.0, False
     if solver == "f2sa":
         # their lambda grows as lambda0 + delta sum t^-1/7; ours linearly: same start, same value at the last step
         growth = (settings.their_multiplier(steps) - settings.F2SA_MULTIPLIER["lmbda0"]) / steps
         spec = bilevel.MethodSpec("f2sa", {"lr": step, "multiplier": settings.F2SA_MULTIPLIER["lmbda0"],
                                            "multiplier_growth": growth, "steps": n})
-        return spec, n, 4 / 7, 4 / 7
-    return stochastic.ROWS[solver], 1, 0.0, 0.0  # ours only: constant steps, one inner step, as bench/stochastic.py
+        return spec, n, 4 / 7, 4 / 7, False
+    return stochastic.ROWS[solver], 1, 0.0, 0.0, False  # ours only: constant steps, one inner step, as bench/stochastic.py
 
 
 def run(problem_name: str, problem: dict, solver: str, steps: int, every: int, inner_starts, outer_starts):
@@ -52,7 +54,7 @@ def run(problem_name: str, problem: dict, solver: str, steps: int, every: int, i
 
     ``seconds`` is the Engine's time with the figure's evaluation left out.
     """
-    spec, inner_steps, inner_decay, outer_decay = plan(problem_name, solver, steps)
+    spec, inner_steps, inner_decay, outer_decay, reuse = plan(problem_name, solver, steps)
     inner_lr, outer_lr = settings.STEPS[problem_name]["step_size"], settings.outer_step(problem_name, solver)
 
     def level(role, initial, data, lr, decay, per_outer):
@@ -67,14 +69,15 @@ def run(problem_name: str, problem: dict, solver: str, steps: int, every: int, i
     outer = level("outer", problem["outer"], ReplayBatches(problem["outer_data"], outer_starts, settings.BATCH_SIZE),
                   outer_lr, outer_decay, 1)
     config = bilevel.EngineConfig(outer_steps=steps, inner_steps=inner_steps, seed=0, progress=False,
-                                  log_every=steps)
+                                  log_every=steps, reuse_inner_gradient=reuse)
     engine = bilevel.Engine(inner, outer, method=spec, config=config)
     points, totals = [], {"gradients": 0, "products": 0, "seconds": 0.0}
     clock = [time.perf_counter()]
 
     def on_step(engine, step):
         diagnostics = engine.last_result.diagnostics
-        totals["gradients"] += inner_steps + diagnostics.get("gradient_evaluations", 0)
+        reused = reuse and engine.last_result.inner_grads is not None  # no pass of its own for the first inner step
+        totals["gradients"] += inner_steps - reused + diagnostics.get("gradient_evaluations", 0)
         totals["products"] += diagnostics.get("hvp", 0)
         if step % every == 0:
             totals["seconds"] += time.perf_counter() - clock[0]
