@@ -133,16 +133,17 @@ def _one_line(error: Exception) -> str:
 
 def _quiet_third_party() -> None:
     """Keep transformers', datasets' and PEFT's reports, progress bars and deprecation warnings out of the output;
-    what matters to the user (a new task head, say) autolora reports itself."""
+    what matters to the user (a new task head, say) autolora reports itself. The levels are set before the imports:
+    importing datasets logs which optional backends (JAX, TensorFlow) it found."""
+    for module in _THIRD_PARTY:
+        logging.getLogger(module).setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", category=FutureWarning, module=rf"{module}(\.|$)")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=rf"{module}(\.|$)")
     import datasets
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
     datasets.disable_progress_bars()
-    for module in _THIRD_PARTY:
-        logging.getLogger(module).setLevel(logging.ERROR)
-        warnings.filterwarnings("ignore", category=FutureWarning, module=rf"{module}(\.|$)")
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module=rf"{module}(\.|$)")
 
 
 def _leave_process_group() -> None:
