@@ -133,17 +133,23 @@ def _one_line(error: Exception) -> str:
 
 def _quiet_third_party() -> None:
     """Keep transformers', datasets' and PEFT's reports, progress bars and deprecation warnings out of the output;
-    what matters to the user (a new task head, say) autolora reports itself. The levels are set before the imports:
-    importing datasets logs which optional backends (JAX, TensorFlow) it found."""
-    for module in _THIRD_PARTY:
-        logging.getLogger(module).setLevel(logging.ERROR)
-        warnings.filterwarnings("ignore", category=FutureWarning, module=rf"{module}(\.|$)")
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module=rf"{module}(\.|$)")
+    what matters to the user (a new task head, say) autolora reports itself. The levels are set before the imports
+    (importing datasets logs which optional backends, JAX or TensorFlow, it found) and again after them (importing
+    transformers sets its own level)."""
+    def errors_only():
+        for module in _THIRD_PARTY:
+            logging.getLogger(module).setLevel(logging.ERROR)
+
+    errors_only()
     import datasets
     import transformers
 
+    errors_only()
     transformers.utils.logging.disable_progress_bar()
     datasets.disable_progress_bars()
+    for module in _THIRD_PARTY:
+        warnings.filterwarnings("ignore", category=FutureWarning, module=rf"{module}(\.|$)")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=rf"{module}(\.|$)")
 
 
 def _leave_process_group() -> None:
