@@ -26,14 +26,14 @@ class InnerHessian:
         self.inner_loss, self.batch = inner_loss, batch
         self.inner_params, self.outer_params = inner_params, outer_params
         self.products = 0
-        self.loss = None
-        self._gradient = None if isinstance(batch, MicroBatches) else self._gradient_on(batch, keep_loss=True)
-
-    def _gradient_on(self, piece: Any, keep_loss: bool = False) -> Params:
-        loss = self.inner_loss(self.inner_params, self.outer_params, piece)
-        if keep_loss:
+        self.loss, self._gradient = None, None  # the whole batch's; micro-batches rebuild theirs per product
+        if not isinstance(batch, MicroBatches):
+            loss, self._gradient = self._loss_and_gradient(batch)
             self.loss = loss.detach()
-        return P.grad(loss, self.inner_params, create_graph=True)
+
+    def _loss_and_gradient(self, piece: Any) -> tuple[torch.Tensor, Params]:
+        loss = self.inner_loss(self.inner_params, self.outer_params, piece)
+        return loss, P.grad(loss, self.inner_params, create_graph=True)
 
     def gradient(self) -> Params | None:
         """``grad_w g`` on the batch (averaged over the ranks), detached; None on micro-batches, where no
@@ -44,7 +44,7 @@ class InnerHessian:
 
     def _differentiate(self, vector: Params, wrt: Params) -> Params:
         def on_part(piece, last: bool):
-            gradient = self._gradient if self._gradient is not None else self._gradient_on(piece)
+            gradient = self._gradient if self._gradient is not None else self._loss_and_gradient(piece)[1]
             return list(_product(gradient, vector, wrt).values())
 
         total = dict(zip(wrt, mean_over_parts(self.batch, on_part)))
