@@ -15,7 +15,7 @@ from .distributed import is_distributed, mean_across_ranks, rank
 from .history import MetricsHistory
 from .hypergradient import hypergradient
 from .params import Params, detached
-from .autodiff import MicroBatches, parts
+from .autodiff import MicroBatches, StepBatches, parts
 from .level import Level
 from .attention_kernels import check_second_order_support
 
@@ -147,11 +147,15 @@ class Engine:
 
     def outer_step(self) -> _methods.HypergradientResult:
         """One hypergradient of the outer loss and one outer optimizer step."""
-        inner_batch = self._last_inner_batch if self._last_inner_batch is not None else self._next(self.inner)
         self.method = self._current_method()
+        fresh_inner, fresh_outer = self.method.batches_per_call()
+        if fresh_inner:
+            inner_batch = self._draw(self.inner, fresh_inner)
+        else:
+            inner_batch = self._last_inner_batch if self._last_inner_batch is not None else self._next(self.inner)
         result = hypergradient(self.inner_loss, self.outer_loss, self.inner.stored_params, self.outer.stored_params,
-                               inner_batch, self._next(self.outer), self.method, state=self.method_state,
-                               return_result=True, check_finite=False)
+                               inner_batch, self._draw(self.outer, fresh_outer), self.method,
+                               state=self.method_state, return_result=True, check_finite=False)
         if "outer_loss" in result.diagnostics:  # a method may return finite grads from a NaN loss (zero mixed term)
             self._check_finite(result.diagnostics["outer_loss"], "outer", "loss")
         finite = torch.stack([torch.isfinite(v).all() for v in result.grads.values()]).all()
@@ -207,6 +211,15 @@ class Engine:
         """The next batch of a level, or ``accumulation_steps`` of them as :class:`MicroBatches`."""
         n = self.config.accumulation_steps
         return level.next_batch() if n == 1 else MicroBatches([level.next_batch() for _ in range(n)])
+
+    def _draw(self, level: Level, count: int) -> Any:
+        """``count`` fresh batches of a level for a method that asked for them: one batch, or :class:`StepBatches`."""
+        if count == 1:
+            return self._next(level)
+        if not isinstance(count, int) or count < 1:
+            raise ValueError(f"Engine: method '{self.method.name}' asked for {count!r} {level.name} batches per call; "
+                             "batches_per_call() must return counts >= 1 (inner 0 reuses the last inner batch)")
+        return StepBatches([self._next(level) for _ in range(count)])
 
     def state_dict(self) -> Dict[str, Any]:
         """The full bilevel state: both levels, step counter, method state, history and every RNG."""

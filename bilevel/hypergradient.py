@@ -103,10 +103,10 @@ def _checked(loss: Callable, role: str, keys: str) -> Callable:
 
 def _raise_if_loss_not_finite(inner, outer, inner_params, outer_params, inner_batch, outer_batch, method) -> None:
     """Evaluate both losses at the given point (only on failure) and raise naming the one that is not finite."""
-    first_inner = inner_batch.batches[0] if isinstance(inner_batch, StepBatches) else inner_batch
+    first = lambda batch: batch.batches[0] if isinstance(batch, StepBatches) else batch  # noqa: E731
     with torch.no_grad():
-        for role, loss, batch in (("inner_loss", inner, first_inner),
-                                  ("outer_loss", outer, outer_batch)):
+        for role, loss, batch in (("inner_loss", inner, first(inner_batch)),
+                                  ("outer_loss", outer, first(outer_batch))):
             for piece in parts(batch):
                 value = loss(inner_params, outer_params, piece)
                 if not bool(torch.isfinite(value)):

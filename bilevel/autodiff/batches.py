@@ -40,12 +40,13 @@ class StepBatches(_Batches):
     """
 
 
-def per_step_batches(batch: Any, steps: int) -> Tuple[Any, ...]:
-    """The batch of each of ``steps`` unroll steps: those of :class:`StepBatches`, else ``batch`` every step."""
+def per_step_batches(batch: Any, steps: int, owner: str = "unroll") -> Tuple[Any, ...]:
+    """The batch of each of ``steps`` steps of ``owner``: those of :class:`StepBatches`, else ``batch`` every step."""
     if not isinstance(batch, StepBatches):
         return (batch,) * steps
     if len(batch) != steps:
-        raise ValueError(f"unroll: StepBatches holds {len(batch)} batches but steps={steps}; pass one batch per step")
+        raise ValueError(f"{owner}: StepBatches holds {len(batch)} batches but it takes {steps} steps; pass one "
+                         "batch per step")
     return batch.batches
 
 

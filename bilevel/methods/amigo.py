@@ -4,9 +4,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from .. import params as P
+from ..autodiff import InnerHessian, loss_gradients, per_step_batches
 from ..solvers import ConjugateGradientSolver, GradientDescentSolver
 from ..validation import require_positive, require_positive_integer
-from .base import register
+from .base import HypergradientResult, register
 from .implicit import ImplicitMethod
 
 SOLVERS = ("gd", "cg")
@@ -27,10 +29,15 @@ class AmIGO(ImplicitMethod):
 
     and the hypergradient is grad_x f - (d^2 g / dx dw) q_k. The paper treats T and M as parameters; M = 10 is our
     default. ``step=None`` takes the inner optimizer's live learning rate (H is the inner loss's curvature, so a step
-    that is stable for the inner problem is stable here). The paper draws a fresh minibatch for every step of B_k;
-    here the M steps share the batch the Engine hands over (the last inner step's), so with minibatches q_k solves
-    that batch's system and the warm start averages across batches.
-    Cost per call: one outer and one inner forward+backward, M Hessian-vector products, one mixed product.
+    that is stable for the inner problem is stable here).
+
+    Sampling: the paper draws a fresh minibatch for every step of B_k. With ``fresh_batches=True`` (AmIGO-GD only) so
+    does this method: it asks the Engine for M + 1 fresh inner batches (:class:`~bilevel.StepBatches` in the
+    functional API), one per linear-system step and the last for the mixed product. By default the M steps and the
+    mixed product share the batch the Engine hands over (the last inner step's), which costs one gradient pass
+    instead of M + 1; with minibatches q_k then solves that batch's system and the warm start averages across batches.
+    Cost per call: one outer and one inner forward+backward, M Hessian-vector products, one mixed product
+    (``fresh_batches``: one outer forward+backward, and per fresh batch one inner forward+backward and one product).
     """
 
     main_count = "iterations"
@@ -40,10 +47,16 @@ class AmIGO(ImplicitMethod):
     solver: str = "gd"
     iterations: int = 10
     step: Optional[float] = None
+    fresh_batches: bool = False
 
     def __post_init__(self):
         if self.solver not in SOLVERS:
             raise ValueError(f"AmIGO: solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
+        if not isinstance(self.fresh_batches, bool):
+            raise ValueError(f"AmIGO: fresh_batches must be True or False, got {self.fresh_batches!r}")
+        if self.fresh_batches and self.solver == "cg":
+            raise ValueError("AmIGO: fresh_batches needs solver='gd' (conjugate gradient needs one fixed system); "
+                             "pass solver='gd' or fresh_batches=False")
         require_positive_integer("AmIGO", iterations=self.iterations)
         if self.step is not None:
             require_positive("AmIGO", step=self.step)
@@ -56,3 +69,25 @@ class AmIGO(ImplicitMethod):
         if self.solver == "cg":
             return ConjugateGradientSolver(self.iterations)
         return GradientDescentSolver(self.iterations, self.step)
+
+    def batches_per_call(self) -> tuple[int, int]:
+        return (self.iterations + 1, 1) if self.fresh_batches else super().batches_per_call()
+
+    def compute(self, inner_loss, outer_loss, inner_params, outer_params, inner_batch, outer_batch, state=None):
+        if not self.fresh_batches:
+            return super().compute(inner_loss, outer_loss, inner_params, outer_params, inner_batch, outer_batch, state)
+        *system, last = per_step_batches(inner_batch, self.iterations + 1, "AmIGO")
+        outer, (grad_x, grad_w) = loss_gradients(outer_loss, inner_params, outer_params, outer_batch,
+                                                 (outer_params, inner_params))
+        batches = iter(system)
+
+        def matvec(vector):  # the solver's m-th product, on the m-th fresh batch
+            return InnerHessian(inner_loss, inner_params, outer_params, next(batches)).matvec(vector)
+
+        solution, info = self.make_solver()(matvec, grad_w, state)
+        mixed = InnerHessian(inner_loss, inner_params, outer_params, last).mixed(solution)
+        grads = {k: grad_x[k] - mixed[k] for k in grad_x}
+        diagnostics = {"gradient_evaluations": self.iterations + 2, "hvp": self.iterations + 1,
+                       "residual": info.residual, "iterations": info.iterations, "converged": info.converged,
+                       "outer_loss": outer}
+        return HypergradientResult(grads, diagnostics, P.detached(solution))

@@ -60,6 +60,15 @@ class HypergradientMethod:
         """Values of the ``wanted`` settings (some of :meth:`inner_optimizer_settings`) read off ``optimizer``."""
         return {cls.inner_lr: learning_rate_of(optimizer, cls.name)} if cls.inner_lr in wanted else {}
 
+    def batches_per_call(self) -> tuple[int, int]:
+        """How many fresh inner and outer batches one call consumes when a caller draws them (the Engine does).
+
+        The default ``(0, 1)``: no fresh inner batch (the inner batch is the last inner step's) and one outer batch.
+        A method that samples a fresh batch for each step of its own, as the stochastic papers do, asks for more;
+        a count above one arrives as :class:`~bilevel.StepBatches`, one batch per step.
+        """
+        return (0, 1)
+
     def compute(self, inner_loss: Loss, outer_loss: Loss, inner_params: Params, outer_params: Params,
                 inner_batch: Any, outer_batch: Any, state: Any = None) -> HypergradientResult:
         raise NotImplementedError

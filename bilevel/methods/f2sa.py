@@ -5,9 +5,11 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .. import params as P
-from ..autodiff import loss_gradients
-from ..validation import require_positive, require_positive_integer
+from ..autodiff import loss_gradients, per_step_batches
+from ..validation import require_decay_exponent, require_positive, require_positive_integer
 from .base import HypergradientMethod, HypergradientResult, register
+
+Y_STEPS = ("lr/multiplier", "lr")
 
 
 @register("f2sa")
@@ -17,25 +19,31 @@ class F2SA(HypergradientMethod):
     2023, Algorithm 1): the gradient of the penalty L_lambda(x, y) = f(x, y) + lambda (g(x, y) - min_z g(x, z)),
     which needs first derivatives only. The Engine's inner parameters are the paper's z (min_z g, stepped by the
     inner optimizer); the paper's y, a second copy that minimises f + lambda g, is kept in the state (y_0 = z_0).
-    At outer step k (k = 0, 1, ...), with multiplier lambda_k = multiplier + multiplier_growth * k:
+    At outer step k (k = 0, 1, ...), with multiplier lambda_k (lambda_0 = multiplier,
+    lambda_{k+1} = lambda_k + multiplier_growth * (k+1)^-multiplier_growth_decay):
 
-        y <- y - alpha_k (grad_y f(x, y) + lambda_k grad_y g(x, y))     ``steps`` times, alpha_k = lr / lambda_k
+        y <- y - alpha_k (grad_y f(x, y) + lambda_k grad_y g(x, y))     ``steps`` times
         h_k = grad_x f(x, y) + lambda_k (grad_x g(x, y) - grad_x g(x, z))   (returned as the hypergradient)
 
-    and lambda_{k+1} = lambda_k + multiplier_growth (the paper's lambda_{k+1} = lambda_k + delta_k with a constant
-    delta). For a fixed lambda, h is the gradient of min_y L_lambda when y and z are converged, and it differs from
-    the implicit hypergradient by O(1/lambda): the outer iterates reach x* only as lambda grows. The y step alpha_k =
-    lr / lambda_k makes the y-problem (curvature about lambda_k times g's) as stable as the inner one; ``lr=None``
-    takes the inner optimizer's live learning rate. The paper gives rates for its schedules, not constants: the
-    defaults lambda_0 = 10, no growth and one y step per outer step are ours.
+    with the y step alpha_k = lr / lambda_k * (k+1)^-decay (``y_step="lr/multiplier"``, the default) or
+    alpha_k = lr * (k+1)^-decay (``y_step="lr"``, the paper's alpha_k, whose theorems need alpha_k lambda_k bounded:
+    grow lambda slower than alpha decays). For a fixed lambda, h is the gradient of min_y L_lambda when y and z are
+    converged, and it differs from the implicit hypergradient by O(1/lambda): the outer iterates reach x* only as
+    lambda grows. The default y step makes the y-problem (curvature about lambda_k times g's) as stable as the inner
+    one whatever lambda is; ``lr=None`` takes the inner optimizer's live learning rate. The paper gives rates for its
+    schedules (stochastic case: alpha_k ~ k^-5/7, lambda_k ~ k^1/7), not constants: the defaults lambda_0 = 10, no
+    growth, constant steps and one y step per outer step are ours.
 
     Where this differs from the paper: it steps z and y T times each on fresh samples at x_k; here z gets the Engine's
-    ``inner_steps`` real steps (any optimizer) and y gets ``steps`` steps, all on the batches the Engine hands over
-    (the last inner step's batch and one outer batch). The order (z and y first, then x) is the paper's. On the first
-    call y_0 is a copy of z after that step's inner steps and takes no step, so that afterwards y and z take their
-    steps at the same x (with ``steps`` = ``inner_steps`` and SGD at lr, y and z stay in step; a y one step behind z
-    would carry lambda times that offset into h). A growing multiplier rescales lambda (y - z) between calls, a bias
-    in h of about multiplier_growth / lambda relative to one y step's contraction: grow it slowly.
+    ``inner_steps`` real steps (any optimizer) and y gets ``steps`` steps. By default they all use the batches the
+    Engine hands over (the last inner step's batch and one outer batch); with ``fresh_batches=True`` the method asks
+    the Engine for ``steps`` + 1 fresh batches of each level (:class:`~bilevel.StepBatches` in the functional API):
+    y step t uses the t-th of each, h the last (one inner batch for both of h's g terms: their difference is then
+    free of the batch's noise where y = z). The order (z and y first, then x) is the paper's. On the first call y_0 is
+    a copy of z after that step's inner steps and takes no step, so that afterwards y and z take their steps at the
+    same x (with ``steps`` = ``inner_steps`` and SGD at lr, y and z stay in step; a y one step behind z would carry
+    lambda times that offset into h). A growing multiplier rescales lambda (y - z) between calls, a bias in h of about
+    the growth / lambda relative to one y step's contraction: grow it slowly.
     Cost per call: 2 * steps + 3 forward+backward passes, no second derivatives.
     """
 
@@ -45,31 +53,57 @@ class F2SA(HypergradientMethod):
     lr: Optional[float] = None
     multiplier: float = 10.0
     multiplier_growth: float = 0.0
+    multiplier_growth_decay: float = 0.0
     steps: int = 1
+    decay: Optional[float] = None
+    y_step: str = "lr/multiplier"
+    fresh_batches: bool = False
 
     def __post_init__(self):
         if self.lr is not None:
             require_positive("F2SA", lr=self.lr)
         require_positive("F2SA", multiplier=self.multiplier)
-        if not isinstance(self.multiplier_growth, (int, float)) or not self.multiplier_growth >= 0:
-            raise ValueError(f"F2SA: multiplier_growth must be a number >= 0, got {self.multiplier_growth!r}")
+        for key in ("multiplier_growth", "multiplier_growth_decay"):
+            value = getattr(self, key)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+                raise ValueError(f"F2SA: {key} must be a number >= 0, got {value!r}")
         require_positive_integer("F2SA", steps=self.steps)
+        require_decay_exponent("F2SA", decay=self.decay)
+        if self.y_step not in Y_STEPS:
+            raise ValueError(f"F2SA: y_step must be one of {', '.join(Y_STEPS)}, got {self.y_step!r}")
+        if not isinstance(self.fresh_batches, bool):
+            raise ValueError(f"F2SA: fresh_batches must be True or False, got {self.fresh_batches!r}")
+
+    def batches_per_call(self) -> tuple[int, int]:
+        return (self.steps + 1, self.steps + 1) if self.fresh_batches else super().batches_per_call()
 
     def compute(self, inner_loss, outer_loss, inner_params, outer_params, inner_batch, outer_batch, state=None):
         calls = 0 if state is None else state["calls"]
-        penalty = self.multiplier + self.multiplier_growth * calls
+        penalty = self.multiplier if state is None else state["multiplier"]
+        count = self.steps + 1 if self.fresh_batches else 1
+        *inner_steps, inner_last = _batches(inner_batch, count, self.steps)
+        *outer_steps, outer_last = _batches(outer_batch, count, self.steps)
+        alpha = self.lr * (calls + 1) ** -(self.decay or 0.0) / (penalty if self.y_step == "lr/multiplier" else 1.0)
         fixed_x = P.detached(outer_params)
         # y_0 = z after this outer step's inner steps; y steps from the next call on, in step with z (see above)
         y = {k: v.detach().clone() for k, v in inner_params.items()} if state is None else state["y"]
-        for _ in range(0 if state is None else self.steps):
+        for inner_b, outer_b in zip(inner_steps, outer_steps) if state is not None else []:
             y = P.detached(y, requires_grad=True)
-            _, (outer_y,) = loss_gradients(outer_loss, y, fixed_x, outer_batch, (y,))
-            _, (inner_y,) = loss_gradients(inner_loss, y, fixed_x, inner_batch, (y,))
-            y = P.detached(P.add(y, P.add(outer_y, inner_y, penalty), -self.lr / penalty))
+            _, (outer_y,) = loss_gradients(outer_loss, y, fixed_x, outer_b, (y,))
+            _, (inner_y,) = loss_gradients(inner_loss, y, fixed_x, inner_b, (y,))
+            y = P.detached(P.add(y, P.add(outer_y, inner_y, penalty), -alpha))
         at = P.detached(y, requires_grad=True)  # a loss that ignores x still has a graph
-        outer, (outer_x,) = loss_gradients(outer_loss, at, outer_params, outer_batch, (outer_params,))
-        _, (at_y,) = loss_gradients(inner_loss, at, outer_params, inner_batch, (outer_params,))
-        _, (at_z,) = loss_gradients(inner_loss, inner_params, outer_params, inner_batch, (outer_params,))
+        outer, (outer_x,) = loss_gradients(outer_loss, at, outer_params, outer_last, (outer_params,))
+        _, (at_y,) = loss_gradients(inner_loss, at, outer_params, inner_last, (outer_params,))
+        _, (at_z,) = loss_gradients(inner_loss, inner_params, outer_params, inner_last, (outer_params,))
         grads = {k: outer_x[k] + penalty * (at_y[k] - at_z[k]) for k in outer_x}
-        diagnostics = {"gradient_evaluations": 2 * self.steps + 3, "multiplier": penalty, "outer_loss": outer}
-        return HypergradientResult(grads, diagnostics, {"y": y, "calls": calls + 1})
+        diagnostics = {"gradient_evaluations": 2 * self.steps + 3, "multiplier": penalty, "y_step": alpha,
+                       "outer_loss": outer}
+        grown = penalty + self.multiplier_growth * (calls + 1) ** -self.multiplier_growth_decay
+        return HypergradientResult(grads, diagnostics, {"y": y, "calls": calls + 1, "multiplier": grown})
+
+
+def _batches(batch, count: int, steps: int) -> tuple:
+    """The batch of each y step and then h's: ``count`` = steps + 1 fresh ones, or one batch for all."""
+    return per_step_batches(batch, count, "F2SA") if count > 1 else (batch,) * (steps + 1)
+

@@ -297,20 +297,20 @@ def closed_form_problems():
 _DEFAULT = object()
 
 
-def snapshot(problem, w, x, inner_batch=_DEFAULT):
+def snapshot(problem, w, x, inner_batch=_DEFAULT, outer_batch=_DEFAULT):
     """``problem`` at flat (w, x) as the library's functional snapshot (what ``bilevel.compare`` runs)."""
     from bilevel.compare import BilevelProblem
 
     return BilevelProblem(problem.g, problem.f, problem.inner_params(w), problem.outer_params(x),
-                          problem.inner_batch if inner_batch is _DEFAULT else inner_batch, problem.outer_batch,
-                          name=problem.name)
+                          problem.inner_batch if inner_batch is _DEFAULT else inner_batch,
+                          problem.outer_batch if outer_batch is _DEFAULT else outer_batch, name=problem.name)
 
 
-def hypergradient(problem, method, w, x, inner_batch=_DEFAULT, return_result=False, **kwargs):
+def hypergradient(problem, method, w, x, inner_batch=_DEFAULT, outer_batch=_DEFAULT, return_result=False, **kwargs):
     """``bilevel.hypergradient`` on ``problem`` at flat (w, x); returns the flat hypergradient (and the result)."""
     import bilevel
 
-    at = snapshot(problem, w, x, inner_batch)
+    at = snapshot(problem, w, x, inner_batch, outer_batch)
     result = bilevel.hypergradient(at.inner_loss, at.outer_loss, at.inner_params, at.outer_params, at.inner_batch,
                                    at.outer_batch, method, return_result=True, **kwargs)
     flat = problem.flat(result.grads)

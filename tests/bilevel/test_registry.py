@@ -34,7 +34,7 @@ def start_state(problem, method, w):
     if isinstance(method, AmIGO):
         return problem.inner_params(u)
     if isinstance(method, F2SA):
-        return {"y": problem.inner_params(w + 0.1 * u), "calls": 3}
+        return {"y": problem.inner_params(w + 0.1 * u), "calls": 3, "multiplier": method.multiplier + 0.5}
     if isinstance(method, BOME):
         return {"w": problem.inner_params(w + 0.1 * u), "calls": 3}
     return None
@@ -47,8 +47,7 @@ def reference_and_tolerance(problem, method, w, x, state):
     if isinstance(method, AmIGO):
         return problem.amigo(x, problem.flat(state), method.iterations, method.step), 1e-10
     if isinstance(method, F2SA):
-        multiplier = method.multiplier + method.multiplier_growth * state["calls"]
-        return problem.f2sa(w, x, problem.flat(state["y"]), multiplier, method.steps, method.lr), 1e-10
+        return problem.f2sa(w, x, problem.flat(state["y"]), state["multiplier"], method.steps, method.lr), 1e-10
     if isinstance(method, BOME):
         return problem.bome(w, x, problem.flat(state["w"]), method.eta), 1e-10
     if isinstance(method, ImplicitMethod):
@@ -141,7 +140,10 @@ def test_user_registered_method_works_without_touching_the_library(private_regis
     ("soba", "step", 0.0), ("soba", "step", -0.1), ("soba", "decay", 0.0), ("soba", "decay", 1.5),
     ("soba", "epsilon", 0.0), ("soba", "hessian", "dense"),
     ("amigo", "solver", "neumann"), ("amigo", "iterations", 0), ("amigo", "step", 0.0),
+    ("amigo", "fresh_batches", 1),
     ("f2sa", "lr", 0.0), ("f2sa", "multiplier", 0.0), ("f2sa", "multiplier_growth", -1.0), ("f2sa", "steps", 0),
+    ("f2sa", "multiplier_growth_decay", -0.5), ("f2sa", "decay", 1.5), ("f2sa", "y_step", "lr*multiplier"),
+    ("f2sa", "fresh_batches", "yes"),
     ("bome", "step", 0.0), ("bome", "eta", 0.0), ("bome", "decay", 1.5), ("bome", "decay_start", 0),
 ])
 def test_invalid_settings_raise_value_error_naming_the_field(name, field, value):

@@ -76,7 +76,8 @@ def test_f2sa_penalty_hypergradient_is_order_one_over_lambda_from_the_implicit_o
     for multiplier in (100.0, 1000.0):
         y = penalty_solution(problem, x, multiplier)
         method = F2SA(lr=0.1, multiplier=multiplier)
-        value = hypergradient(problem, method, w, x, state={"y": problem.inner_params(y), "calls": 0})
+        state = {"y": problem.inner_params(y), "calls": 0, "multiplier": multiplier}
+        value = hypergradient(problem, method, w, x, state=state)
         by_hand = problem.rho * x - multiplier * problem.B.T @ (y - w)
         assert relative_error(value, by_hand) <= 1e-9
         errors.append(relative_error(value, problem.closed_form(x)))

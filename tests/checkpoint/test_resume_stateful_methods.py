@@ -13,7 +13,11 @@ METHODS = {
     "soba_finite_difference": bilevel.MethodSpec("soba", {"hessian": "finite_difference"}),
     "amigo": bilevel.MethodSpec("amigo", {"iterations": 3}),
     "amigo_cg": bilevel.MethodSpec("amigo", {"solver": "cg", "iterations": 2}),
+    "amigo_fresh_batches": bilevel.MethodSpec("amigo", {"iterations": 3, "fresh_batches": True}),
     "f2sa": bilevel.MethodSpec("f2sa", {"multiplier": 10.0, "multiplier_growth": 5.0, "steps": 2}),
+    "f2sa_papers_schedules": bilevel.MethodSpec("f2sa", {"multiplier": 10.0, "multiplier_growth": 5.0, "steps": 2,
+                                                         "multiplier_growth_decay": 1 / 7, "decay": 5 / 7,
+                                                         "y_step": "lr", "lr": 0.01, "fresh_batches": True}),
     "bome": bilevel.MethodSpec("bome", {"decay": 1.0, "decay_start": 3}),  # the step depends on the call count
 }
 
