@@ -38,13 +38,14 @@ def plan(problem_name: str, solver: str, steps: int):
     n = settings.N_INNER_STEPS
     if solver == "soba":
         return bilevel.MethodSpec("soba", {"step": step, "decay": 0.5}), 1, 0.5, 0.5, True
-    if solver == "amigo":
-        return bilevel.MethodSpec("amigo", {"iterations": n, "step": step}), n, 0.0, 0.0, False
-    if solver == "f2sa":
-        # their lambda grows as lambda0 + delta sum t^-1/7; ours linearly: same start, same value at the last step
-        growth = (settings.their_multiplier(steps) - settings.F2SA_MULTIPLIER["lmbda0"]) / steps
-        spec = bilevel.MethodSpec("f2sa", {"lr": step, "multiplier": settings.F2SA_MULTIPLIER["lmbda0"],
-                                           "multiplier_growth": growth, "steps": n})
+    if solver == "amigo":  # a fresh batch per linear-system step and for the mixed product, as theirs draws them
+        return bilevel.MethodSpec("amigo", {"iterations": n, "step": step, "fresh_batches": True}), n, 0.0, 0.0, False
+    if solver == "f2sa":  # their schedules: y step t^-5/7 (not over lambda), lambda += delta t^-1/7, z and x t^-4/7
+        multiplier = settings.F2SA_MULTIPLIER
+        spec = bilevel.MethodSpec("f2sa", {"lr": step, "decay": 5 / 7, "y_step": "lr", "steps": n,
+                                           "multiplier": multiplier["lmbda0"],
+                                           "multiplier_growth": multiplier["delta_lmbda"],
+                                           "multiplier_growth_decay": 1 / 7, "fresh_batches": True})
         return spec, n, 4 / 7, 4 / 7, False
     return stochastic.ROWS[solver], 1, 0.0, 0.0, False  # ours only: constant steps, one inner step, as bench/stochastic.py
 

@@ -4,7 +4,7 @@ Their parameters are ``step_size`` (inner and linear-system step), ``outer_ratio
 outer_ratio), ``n_inner_steps`` and ``batch_size``, with each solver's schedule fixed in its ``init``:
 SOBA rho_t = gamma_t * ratio = step t^-1/2; AmIGO constant; F2SA y: step t^-5/7, z: step t^-4/7, x: step / ratio
 t^-4/7, multiplier lambda_{t+1} = lambda_t + delta t^-1/7. Ours get the same numbers through the Engine's
-optimizers, their learning-rate schedulers and the method's settings (:func:`ours_spec`).
+optimizers, their learning-rate schedulers and the method's settings (:func:`bench.stochastic_peers.ours.plan`).
 """
 from __future__ import annotations
 
@@ -48,8 +48,3 @@ def their_parameters(problem: str, solver: str) -> dict:
     if solver == "f2sa":
         parameters.update(F2SA_MULTIPLIER)
     return parameters
-
-
-def their_multiplier(steps: int) -> float:
-    """Their F2SA's lambda after ``steps`` iterations: lambda0 + delta * sum_{t<=steps} t^-1/7."""
-    return F2SA_MULTIPLIER["lmbda0"] + F2SA_MULTIPLIER["delta_lmbda"] * sum(t ** (-1 / 7) for t in range(1, steps + 1))

@@ -29,12 +29,19 @@ except ImportError:  # the runner says how to install it; importing this module 
 
 # Evaluations per outer iteration of their code, read off solvers/*.py and benchmark_utils (n = n_inner_steps):
 # "gradients" are minibatch gradient passes, "products" second-order passes (one jax.vjp of a gradient; SOBA's one vjp
-# returns H v and the mixed product together).
+# returns H v and the mixed product together). A vjp of grad g evaluates grad g on its batch first (its primal): a
+# gradient pass, counted as such wherever the batch is one no other pass has seen.
 THEIR_COUNTS = {
     "soba": lambda n: {"gradients": 2, "products": 1},             # grad g (vjp primal), grad f (w and x)
-    "amigo": lambda n: {"gradients": n + 1, "products": n + 1},    # n SGD steps, grad f, n v-steps, mixed product
+    # n SGD steps, grad f, then n v-steps and the mixed product: each a vjp on a fresh batch (primal + product)
+    "amigo": lambda n: {"gradients": 2 * n + 2, "products": n + 1},
     "f2sa": lambda n: {"gradients": 3 * n + 3, "products": 0},     # n x (grad g at y, grad f at y, grad g at z) + 3
 }
+
+# Where their carry holds the inner problem's solution estimate, when not in "inner_var": their F2SA's "inner_var" is
+# the penalty copy y (it descends f + lambda g, so at small lambda it is fitted to the validation loss itself) and its
+# "inner_approx_star" the z that descends g, our Engine's inner parameters. The figures are taken at z on both sides.
+INNER_SOLUTION = {"f2sa": "inner_approx_star"}
 
 
 def _import_from(checkout: str) -> None:
@@ -149,7 +156,8 @@ def run(instance, steps: int, every: int, figure, n_inner_steps: int, solver: st
         start = time.perf_counter()
         carry = jax.block_until_ready(instance.one_epoch(carry, every))
         seconds += time.perf_counter() - start
-        inner = {k: torch.tensor(np.asarray(v)) for k, v in instance.unflatten(carry["inner_var"]).items()}
+        solution = carry[INNER_SOLUTION.get(solver, "inner_var")]
+        inner = {k: torch.tensor(np.asarray(v)) for k, v in instance.unflatten(solution).items()}
         outer = {"x": torch.tensor(np.asarray(carry["outer_var"]))}
         points.append({"step": done, "seconds": seconds, "gradients": done * per_step["gradients"],
                        "products": done * per_step["products"], **figure(inner, outer)})

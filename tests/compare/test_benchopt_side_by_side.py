@@ -87,10 +87,13 @@ def test_evaluation_counts_add_up(solver, quadratic):
     assert their_points[-1]["products"] == steps * per_step["products"]
     n = settings.N_INNER_STEPS
     # soba: the Engine reuses the inner gradient the method computed (no pass of its own for the inner step) and one
-    # backward gives both second-order products: their count
-    ours_per_step = {"soba": (2, 1), "amigo": (n + 2, n + 1), "f2sa": (n + 2 * n + 3, 0)}[solver]
+    # backward gives both second-order products; amigo: n inner steps, the outer pass, and a gradient pass and a
+    # product on each of its n + 1 fresh batches: their counts
+    ours_per_step = {"soba": (2, 1), "amigo": (2 * n + 2, n + 1), "f2sa": (n + 2 * n + 3, 0)}[solver]
     assert (ours_points[-1]["gradients"], ours_points[-1]["products"]) == tuple(steps * c for c in ours_per_step)
-    if solver == "soba":  # the paper's order on both sides, the same draws: the same iterates
+    assert (ours_points[-1]["gradients"], ours_points[-1]["products"]) == (their_points[-1]["gradients"],
+                                                                            their_points[-1]["products"])
+    if solver in ("soba", "amigo"):  # the papers' order and sampling on both sides, the same draws: the same iterates
         for mine, their in zip(ours_points, their_points):
             assert mine["rel_error"] == pytest.approx(their["rel_error"], rel=1e-12)
     assert ours_points[1]["gradients"] == 2 * ours_points[0]["gradients"]  # the same cost every step
