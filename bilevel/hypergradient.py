@@ -22,8 +22,9 @@ def hypergradient(inner_loss: Callable, outer_loss: Callable, inner_params: Para
     Args:
         inner_loss, outer_loss: ``loss(inner_params, outer_params, batch) -> scalar tensor``.
         inner_params, outer_params: dicts ``name -> Tensor`` (current values; never modified).
-        inner_batch, outer_batch: passed through to the losses (``bilevel.StepBatches`` gives an unroll one inner
-            batch per step; anything else, a DataLoader's ``[x, y]`` list included, is one batch).
+        inner_batch, outer_batch: passed through to the losses (``bilevel.StepBatches`` gives an unroll, or a
+            method with ``fresh_batches=True``, one batch per step; anything else, a DataLoader's ``[x, y]`` list
+            included, is one batch).
         method: a registered name (see ``bilevel.methods.names()``), a ``MethodSpec`` or a method object.
         state: the ``state`` of the previous result, for methods that warm-start.
         return_result: return the full :class:`HypergradientResult` (diagnostics, state) instead of the dict.

@@ -34,7 +34,8 @@ class MicroBatches(_Batches):
 
 
 class StepBatches(_Batches):
-    """One batch per step of an unroll (a plain list, tuple or dict is one batch, as a DataLoader yields it).
+    """One batch per step of an unroll, or of a method that samples per step (AmIGO's and F2SA's
+    ``fresh_batches``); a plain list, tuple or dict is one batch, as a DataLoader yields it.
 
     >>> bilevel.hypergradient(g, f, w, x, StepBatches([b1, b2, b3]), val, bilevel.methods.Unroll(steps=3, lr=0.1))
     """

@@ -26,30 +26,25 @@ class InnerHessian:
         self.inner_loss, self.batch = inner_loss, batch
         self.inner_params, self.outer_params = inner_params, outer_params
         self.products = 0
-        self.loss, self._gradient = None, None  # the whole batch's; micro-batches rebuild theirs per product
+        self._loss, self._gradient = None, None  # the whole batch's; micro-batches rebuild theirs per product
         if not isinstance(batch, MicroBatches):
             loss, self._gradient = self._loss_and_gradient(batch)
-            self.loss = loss.detach()
+            self._loss = loss.detach()
 
     def _loss_and_gradient(self, piece: Any) -> tuple[torch.Tensor, Params]:
         loss = self.inner_loss(self.inner_params, self.outer_params, piece)
         return loss, P.grad(loss, self.inner_params, create_graph=True)
 
-    def gradient(self) -> Params | None:
-        """``grad_w g`` on the batch (averaged over the ranks), detached; None on micro-batches, where no
-        whole-batch gradient is kept."""
-        if self._gradient is None:
-            return None
-        return mean_across_ranks(P.detached(self._gradient))
-
-    def _differentiate(self, vector: Params, wrt: Params) -> Params:
+    def _differentiate(self, vector: Params, wrt: Params, averaged_with: Params | None = None) -> Params:
+        """d<grad_w g, vector>/d wrt averaged over micro-batches and ranks; ``averaged_with`` joins the same
+        collective (its keys must not clash with ``wrt``'s)."""
         def on_part(piece, last: bool):
             gradient = self._gradient if self._gradient is not None else self._loss_and_gradient(piece)[1]
             return list(_product(gradient, vector, wrt).values())
 
         total = dict(zip(wrt, mean_over_parts(self.batch, on_part)))
         self.products += 1
-        return mean_across_ranks(total)
+        return mean_across_ranks({**total, **(averaged_with or {})})
 
     def matvec(self, vector: Params) -> Params:
         """``H_ww v``, the inner Hessian times ``v``."""
@@ -59,12 +54,22 @@ class InnerHessian:
         """``(d^2 g / dx dw) v``, a vector shaped like the outer parameters."""
         return self._differentiate(vector, self.outer_params)
 
-    def matvec_and_mixed(self, vector: Params) -> tuple[Params, Params]:
-        """``H_ww v`` and ``(d^2 g / dx dw) v`` from one backward pass through the gradient's graph (one product)."""
+    def matvec_mixed_and_gradient(self, vector: Params) -> tuple[Params, Params, Params | None, torch.Tensor | None]:
+        """``H_ww v`` and ``(d^2 g / dx dw) v`` from one backward pass through the gradient's graph (one product),
+        with ``grad_w g`` (detached) and the loss on the batch, all averaged over the ranks in one collective. The
+        gradient and the loss are None on micro-batches, where no whole-batch gradient is kept."""
         joint = {**{("w", k): t for k, t in self.inner_params.items()},
                  **{("x", k): t for k, t in self.outer_params.items()}}
-        both = self._differentiate(vector, joint)
-        return ({k: both[("w", k)] for k in self.inner_params}, {k: both[("x", k)] for k in self.outer_params})
+        extra = None
+        if self._gradient is not None:
+            gradient = {("g", k): g.detach() for k, g in self._gradient.items()}
+            dtype = next(iter(gradient.values())).dtype
+            extra = {**gradient, ("loss",): self._loss.to(dtype).reshape(1)}  # the global mean, as the gradient's
+        both = self._differentiate(vector, joint, averaged_with=extra)
+        hvp, mixed = {k: both[("w", k)] for k in self.inner_params}, {k: both[("x", k)] for k in self.outer_params}
+        if extra is None:
+            return hvp, mixed, None, None
+        return hvp, mixed, {k: both[("g", k)] for k in self._gradient}, both[("loss",)].reshape(())
 
 
 def _product(gradient: Params, vector: Params, wrt: Params) -> Params:

@@ -72,11 +72,10 @@ class SOBA(HypergradientMethod):
         inner_grads = None
         if self.hessian == "exact":
             hessian = InnerHessian(inner_loss, inner_params, outer_params, inner_batch)
-            hvp, mixed = hessian.matvec_and_mixed(v)
-            inner_grads = hessian.gradient()
+            hvp, mixed, inner_grads, loss = hessian.matvec_mixed_and_gradient(v)  # one backward, one collective
             diagnostics = {"gradient_evaluations": 2, "hvp": hessian.products}
-            if hessian.loss is not None:
-                diagnostics["inner_loss"] = hessian.loss
+            if loss is not None:
+                diagnostics["inner_loss"] = loss
         else:
             hvp, mixed, e = finite_difference_products(inner_loss, inner_params, outer_params, inner_batch, v,
                                                        self.epsilon)

@@ -15,7 +15,7 @@ spec.loader.exec_module(two_level_mlp)
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
-@pytest.mark.parametrize("method", ["first_order", "finite_difference", "cg", "unroll"])
+@pytest.mark.parametrize("method", ["first_order", "finite_difference", "cg", "unroll", "soba_paper_order"])
 def test_two_ranks_equal_one_process_on_the_whole_batch(method, tmp_path):
     out = tmp_path / "result.pt"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

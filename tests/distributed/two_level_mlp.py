@@ -39,7 +39,10 @@ METHODS = {
     "finite_difference": bilevel.methods.FiniteDifference(lr=0.1, epsilon=0.01),
     "cg": bilevel.methods.ConjugateGradient(iterations=5, tol=1e-12, damping=0.5),
     "unroll": bilevel.methods.Unroll(steps=2, lr=0.1),
+    "soba_paper_order": bilevel.methods.SOBA(step=0.1),
 }
+# Engine settings besides the defaults: SOBA's inner step takes the inner gradient averaged in its products' collective
+CONFIGS = {"soba_paper_order": {"reuse_inner_gradient": True}}
 
 
 def run(method, train_batch, val_batch, outer_steps=2):
@@ -52,7 +55,8 @@ def run(method, train_batch, val_batch, outer_steps=2):
     train = Train(module=model, optimizer=lambda p: torch.optim.SGD(p, lr=0.1), data=[train_batch])
     validate = Validate(params=log_decay, optimizer=lambda p: torch.optim.Adam(p, lr=0.05), data=[val_batch])
     engine = bilevel.Engine(train, validate, METHODS[method],
-                            bilevel.EngineConfig(outer_steps=outer_steps, progress=False, log_every=1))
+                            bilevel.EngineConfig(outer_steps=outer_steps, progress=False, log_every=1,
+                                                 **CONFIGS.get(method, {})))
     engine.run()
     losses = {f"history.{key}": torch.tensor([value for _, value in engine.history.series(key)], dtype=torch.float64)
               for key in ("inner_loss", "outer_loss")}
