@@ -24,15 +24,18 @@ def load() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
-def run_problem(name: str, checkout: str, solvers, steps: int, every: int) -> dict:
+def run_problem(name: str, checkout: str, solvers, steps: int, every: int, past: int = 0) -> dict:
+    """Both sides for ``steps`` iterations; ours of a solver both have ``past`` more, to see where it reaches their
+    final figure when that is after their last step."""
     problem = PROBLEMS[name]()
     n_inner, n_outer = len(problem["inner_data"][0]), len(problem["outer_data"][0])
-    draws = steps * (3 * settings.N_INNER_STEPS + 3)  # more than any solver draws from one level
+    draws = (steps + past) * (3 * settings.N_INNER_STEPS + 3)  # more than any solver draws from one level
     inner_starts = theirs.sample_starts(checkout, n_inner, settings.BATCH_SIZE, draws, 0)
     outer_starts = theirs.sample_starts(checkout, n_outer, settings.BATCH_SIZE, draws, 1)
     rows = {}
     for solver in solvers:
-        rows[(solver, "ours")] = ours.run(name, problem, solver, steps, every, inner_starts, outer_starts)
+        ours_steps = steps + past if solver in settings.BOTH_SIDES else steps
+        rows[(solver, "ours")] = ours.run(name, problem, solver, ours_steps, every, inner_starts, outer_starts)
         if solver in settings.BOTH_SIDES:
             instance = theirs.build(checkout, solver, name, problem, settings.their_parameters(name, solver))
             rows[(solver, "theirs")] = theirs.run(instance, steps, every, problem["figure"],
@@ -69,6 +72,9 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--every", type=int, default=50, help="iterations between checkpoints")
     parser.add_argument("--timing-steps", type=int, default=200, help="steps on logreg_ijcnn1 (timing only)")
+    parser.add_argument("--past", type=float, default=0.2,
+                        help="ours of a solver both sides have runs this fraction of the steps longer, to find where "
+                             "it reaches their final figure if that is after their last step")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="bench/results/stochastic_peers")
     args = parser.parse_args(argv)
@@ -86,8 +92,9 @@ def main(argv=None):
         timing = name == "logreg_ijcnn1"
         solvers = [s for s in args.solvers if s in settings.BOTH_SIDES] if timing else args.solvers
         before = load()
-        results[name] = run_problem(name, args.checkout, solvers, args.timing_steps if timing else args.steps,
-                                    args.every)
+        steps = args.timing_steps if timing else args.steps
+        past = int(round(steps * args.past / args.every)) * args.every
+        results[name] = run_problem(name, args.checkout, solvers, steps, args.every, past)
         loads[name] = f"{before} -> {load()}"
     text = report.table(results, "see each section")
     text = "\n".join(line.replace("load average see each section", f"load average {loads[line.split()[1]]}")

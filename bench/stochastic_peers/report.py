@@ -23,17 +23,24 @@ def first_reaching(points: list, level: float, name: str):
     return next((p for p in points if p[name] <= level + ROUNDING * abs(level)), None)
 
 
+def at_step(points: list, step: int) -> dict:
+    """The checkpoint of ``step`` (a run may go on past the horizon of the comparison)."""
+    return next(p for p in points if p["step"] == step)
+
+
 def compare(ours: list, theirs: list) -> dict:
-    """Ours against theirs on one solver: evaluations and steps to reach their final figure, time per iteration."""
+    """Ours against theirs on one solver: evaluations and steps to reach their final figure (ours may have run past
+    their last step to reach it), our figure and time per iteration at their last step."""
     name = figure_name(theirs)
     level = theirs[-1][name]
     ours_at, theirs_at = first_reaching(ours, level, name), first_reaching(theirs, level, name)
     ours_n = None if ours_at is None else evaluations(ours_at)
     steps = theirs[-1]["step"]
+    horizon = at_step(ours, steps)
     return {"figure": name, "level": level, "ours_evaluations": ours_n, "theirs_evaluations": evaluations(theirs_at),
             "evaluation_ratio": None if ours_n is None else ours_n / evaluations(theirs_at),
             "ours_steps": None if ours_at is None else ours_at["step"], "theirs_steps": theirs_at["step"],
-            "ours_final": ours[-1][name], "ms_ours": 1e3 * ours[-1]["seconds"] / steps,
+            "ours_final": horizon[name], "ms_ours": 1e3 * horizon["seconds"] / steps,
             "ms_theirs": 1e3 * theirs[-1]["seconds"] / steps}
 
 
@@ -44,13 +51,13 @@ def table(results: dict, load: str) -> str:
         any_points = next(iter(rows.values()))
         name = figure_name(any_points)
         extra = [k for k in any_points[-1] if k not in ("step", "seconds", "gradients", "products", name)]
-        steps = any_points[-1]["step"]
+        steps = min(points[-1]["step"] for points in rows.values())  # the horizon; ours may run past it
         lines += [f"\n### {problem} ({steps} outer steps; load average {load}: wall times under load, decide "
                   "nothing)\n", f"| solver | side | {name} | " + "".join(f"{k} | " for k in extra)
                   + "gradients / step | products / step | ms / step |", "|---|---|---|" + "---|" * len(extra)
                   + "---|---|---|"]
         for (solver, side), points in rows.items():
-            last = points[-1]
+            last = at_step(points, steps)
             lines.append(f"| {solver} | {side} | {last[name]:.4g} | " + "".join(f"{last[k]:.4g} | " for k in extra)
                          + f"{last['gradients'] / last['step']:.1f} | {last['products'] / last['step']:.1f} | "
                          f"{1e3 * last['seconds'] / last['step']:.3f} |")

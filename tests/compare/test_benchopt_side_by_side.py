@@ -127,3 +127,6 @@ def test_report_reads_the_targets():
     text = report.table({"toy": {("soba", "ours"): points([0.9, 0.5, 0.3], 2),
                                  ("soba", "theirs"): points([0.8, 0.4, 0.35], 1)}}, "1.00 1.00 1.00")
     assert "| soba | 0.35 | 0.3 | 30 (30) | 60 (30) | 2.00 |" in text
+    # ours ran past their last step (30) and reached their figure at 40: counted there, its figure read at 30
+    c = report.compare(points([0.9, 0.5, 0.36, 0.34], 1), points([0.8, 0.4, 0.35], 1))
+    assert c["ours_steps"] == 40 and c["evaluation_ratio"] == pytest.approx(40 / 30) and c["ours_final"] == 0.36
