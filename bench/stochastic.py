@@ -12,9 +12,9 @@ Problems (minibatches at both levels, SGD at both levels with the same steps for
                training row, multinomial logistic regression inside; figures: validation loss and test accuracy.
 Rows: ours SOBA (exact and finite-difference products), AmIGO, F2SA and, as baselines, the Engine with cg,
 neumann and finite_difference (benchopt's own solvers run side by side with ours on the same data in
-bench/stochastic_peers, docs/stochastic.md). Per row: the figure at the end, milliseconds per outer step (median of
-the run's steps, includes the inner step), the gradient passes per outer step (the inner step's pass included) and the
-second-order products (Hessian-vector and mixed) per outer step.
+bench/stochastic_peers, docs/stochastic.md). Per row: the figure at the end, and per outer step (the median over the
+run's steps): milliseconds (the inner step included), gradient passes (the inner step's included) and second-order
+products (Hessian-vector and mixed).
 
     python bench/stochastic.py [--problems quadratic logreg datacleaning] [--steps 500] [--threads 1]
 """
@@ -180,8 +180,8 @@ def run_row(problem, spec, steps, batch_size, seed=0):
     engine.run()
     params = lambda level: {k: v.detach() for k, v in level.stored_params.items()}  # noqa: E731
     return {**problem["figure"](params(engine.inner), params(engine.outer)),
-            "ms_per_step": 1e3 * statistics.median(times), "passes": statistics.mean(passes),
-            "hvp": statistics.mean(products)}
+            "ms_per_step": 1e3 * statistics.median(times), "passes": statistics.median(passes),
+            "hvp": statistics.median(products)}
 
 
 def main():

@@ -44,7 +44,7 @@ class F2SA(HypergradientMethod):
     same x (with ``steps`` = ``inner_steps`` and SGD at lr, y and z stay in step; a y one step behind z would carry
     lambda times that offset into h). A growing multiplier rescales lambda (y - z) between calls, a bias in h of about
     the growth / lambda relative to one y step's contraction: grow it slowly.
-    Cost per call: 2 * steps + 3 forward+backward passes, no second derivatives.
+    Cost per call: 2 * steps + 3 forward+backward passes (3 on the first call), no second derivatives.
     """
 
     main_count = "steps"
@@ -87,7 +87,8 @@ class F2SA(HypergradientMethod):
         fixed_x = P.detached(outer_params)
         # y_0 = z after this outer step's inner steps; y steps from the next call on, in step with z (see above)
         y = {k: v.detach().clone() for k, v in inner_params.items()} if state is None else state["y"]
-        for inner_b, outer_b in zip(inner_steps, outer_steps) if state is not None else []:
+        steps = list(zip(inner_steps, outer_steps)) if state is not None else []
+        for inner_b, outer_b in steps:
             y = P.detached(y, requires_grad=True)
             _, (outer_y,) = loss_gradients(outer_loss, y, fixed_x, outer_b, (y,))
             _, (inner_y,) = loss_gradients(inner_loss, y, fixed_x, inner_b, (y,))
@@ -97,7 +98,7 @@ class F2SA(HypergradientMethod):
         _, (at_y,) = loss_gradients(inner_loss, at, outer_params, inner_last, (outer_params,))
         _, (at_z,) = loss_gradients(inner_loss, inner_params, outer_params, inner_last, (outer_params,))
         grads = {k: outer_x[k] + penalty * (at_y[k] - at_z[k]) for k in outer_x}
-        diagnostics = {"gradient_evaluations": 2 * self.steps + 3, "multiplier": penalty, "y_step": alpha,
+        diagnostics = {"gradient_evaluations": 2 * len(steps) + 3, "multiplier": penalty, "y_step": alpha,
                        "outer_loss": outer}
         grown = penalty + self.multiplier_growth * (calls + 1) ** -self.multiplier_growth_decay
         return HypergradientResult(grads, diagnostics, {"y": y, "calls": calls + 1, "multiplier": grown})
