@@ -214,12 +214,10 @@ class Engine:
 
     def _draw(self, level: Level, count: int) -> Any:
         """``count`` fresh batches of a level for a method that asked for them: one batch, or :class:`StepBatches`."""
-        if count == 1:
-            return self._next(level)
         if not isinstance(count, int) or count < 1:
             raise ValueError(f"Engine: method '{self.method.name}' asked for {count!r} {level.name} batches per call; "
                              "batches_per_call() must return counts >= 1 (inner 0 reuses the last inner batch)")
-        return StepBatches([self._next(level) for _ in range(count)])
+        return self._next(level) if count == 1 else StepBatches([self._next(level) for _ in range(count)])
 
     def state_dict(self) -> Dict[str, Any]:
         """The full bilevel state: both levels, step counter, method state, history and every RNG."""

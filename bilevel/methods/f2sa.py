@@ -80,9 +80,8 @@ class F2SA(HypergradientMethod):
     def compute(self, inner_loss, outer_loss, inner_params, outer_params, inner_batch, outer_batch, state=None):
         calls = 0 if state is None else state["calls"]
         penalty = self.multiplier if state is None else state["multiplier"]
-        count = self.steps + 1 if self.fresh_batches else 1
-        *inner_steps, inner_last = _batches(inner_batch, count, self.steps)
-        *outer_steps, outer_last = _batches(outer_batch, count, self.steps)
+        *inner_steps, inner_last = per_step_batches(inner_batch, self.steps + 1, "F2SA")  # a plain batch: every step
+        *outer_steps, outer_last = per_step_batches(outer_batch, self.steps + 1, "F2SA")
         alpha = self.lr * (calls + 1) ** -(self.decay or 0.0) / (penalty if self.y_step == "lr/multiplier" else 1.0)
         fixed_x = P.detached(outer_params)
         # y_0 = z after this outer step's inner steps; y steps from the next call on, in step with z (see above)
@@ -102,9 +101,4 @@ class F2SA(HypergradientMethod):
                        "outer_loss": outer}
         grown = penalty + self.multiplier_growth * (calls + 1) ** -self.multiplier_growth_decay
         return HypergradientResult(grads, diagnostics, {"y": y, "calls": calls + 1, "multiplier": grown})
-
-
-def _batches(batch, count: int, steps: int) -> tuple:
-    """The batch of each y step and then h's: ``count`` = steps + 1 fresh ones, or one batch for all."""
-    return per_step_batches(batch, count, "F2SA") if count > 1 else (batch,) * (steps + 1)
 
