@@ -114,16 +114,33 @@ def logreg(seed=0, train=50_000, validation=10_000, features=22):
 
 
 def datacleaning(seed=0, train=1000, validation=400, corrupted=0.5):
+    """scikit-learn's digits (64 features, 10 classes; 797 test rows)."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(digits.target), generator=gen)
     rows = torch.tensor(digits.data, dtype=DT)[order] / 16.0
-    labels = torch.tensor(digits.target)[order]
+    return _datacleaning(rows, torch.tensor(digits.target)[order], 10, gen, train, validation, corrupted)
+
+
+def datacleaning_wide(seed=0, features=1000, classes=100, train=5000, validation=2000, test=2000, corrupted=0.5):
+    """Generated at 1e5 inner parameters (1,000 features x 100 classes): each class a Gaussian around its own mean,
+    rows of norm about 3 (as digits' /16 rows), so the same steps suit it; the timing problem whose step is compute,
+    not overhead."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, classes, (train + validation + test,), generator=gen)
+    means = torch.randn(classes, features, generator=gen, dtype=DT)
+    rows = (means[labels] + 2.0 * torch.randn(len(labels), features, generator=gen, dtype=DT)) * 3 / (5 * features) ** 0.5
+    return _datacleaning(rows, labels, classes, gen, train, validation, corrupted)
+
+
+def _datacleaning(rows, labels, classes, gen, train, validation, corrupted):
+    """Multinomial logistic regression on ``train`` rows whose labels are ``corrupted`` at random, one weight
+    sigmoid(x_i) per training row; the next ``validation`` rows are the outer data, the rest the test set."""
     noisy = labels[:train].clone()
     flip = torch.rand(train, generator=gen) < corrupted
-    noisy[flip] = torch.randint(0, 10, (int(flip.sum()),), generator=gen)
+    noisy[flip] = torch.randint(0, classes, (int(flip.sum()),), generator=gen)
     index = torch.arange(train)
     val_rows, val_labels = rows[train:train + validation], labels[train:train + validation]
     test_rows, test_labels = rows[train + validation:], labels[train + validation:]
@@ -145,7 +162,7 @@ def datacleaning(seed=0, train=1000, validation=400, corrupted=0.5):
         accuracy = (logits(w, test_rows).argmax(1) == test_labels).double().mean()
         return {"val_loss": float(outer_loss(w, x, (val_rows, val_labels))), "test_acc": float(accuracy)}
 
-    inner = {"W": torch.zeros(64, 10, dtype=DT), "b": torch.zeros(10, dtype=DT)}
+    inner = {"W": torch.zeros(rows.shape[1], classes, dtype=DT), "b": torch.zeros(classes, dtype=DT)}
     return dict(inner_loss=inner_loss, outer_loss=outer_loss, figure=figure, inner=inner,
                 outer={"x": torch.zeros(train, dtype=DT)}, inner_data=(rows[:train], noisy, index),
                 outer_data=(val_rows, val_labels), inner_lr=0.5, outer_lr=50.0)

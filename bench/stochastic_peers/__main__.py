@@ -17,7 +17,10 @@ PROBLEMS = {
     "datacleaning": stochastic.datacleaning,
     # ijcnn1's full shape (49,990 training and 91,701 test rows as validation): the >= 1e5-sample timing problem
     "logreg_ijcnn1": lambda: stochastic.logreg(train=49_990, validation=91_701),
+    # 1e5 inner parameters (1,000 features x 100 classes): the timing problem whose step is compute, not overhead
+    "datacleaning_wide": stochastic.datacleaning_wide,
 }
+TIMING = ("logreg_ijcnn1", "datacleaning_wide")  # both sides' solvers only, --timing-steps steps
 
 
 def load() -> str:
@@ -71,11 +74,13 @@ def main(argv=None):
                         choices=list(settings.BOTH_SIDES + settings.OURS_ONLY))
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--every", type=int, default=50, help="iterations between checkpoints")
-    parser.add_argument("--timing-steps", type=int, default=200, help="steps on logreg_ijcnn1 (timing only)")
+    parser.add_argument("--timing-steps", type=int, default=200,
+                        help="steps on the timing problems (" + ", ".join(TIMING) + ")")
     parser.add_argument("--past", type=float, default=0.2,
                         help="ours of a solver both sides have runs this fraction of the steps longer, to find where "
                              "it reaches their final figure if that is after their last step")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch's threads; 1 also pins the process (their JAX included) to one core")
     parser.add_argument("--out", default="bench/results/stochastic_peers")
     args = parser.parse_args(argv)
     if not os.path.isdir(os.path.join(args.checkout, "solvers")):
@@ -87,9 +92,11 @@ def main(argv=None):
         parser.error(f"--steps and --timing-steps must be multiples of --every ({args.every})")
     os.makedirs(args.out, exist_ok=True)
     torch.set_num_threads(args.threads)
+    if args.threads == 1:  # JAX on CPU has no working one-thread switch: one core for the process, both sides
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     results, loads = {}, {}
     for name in args.problems:
-        timing = name == "logreg_ijcnn1"
+        timing = name in TIMING
         solvers = [s for s in args.solvers if s in settings.BOTH_SIDES] if timing else args.solvers
         before = load()
         steps = args.timing_steps if timing else args.steps

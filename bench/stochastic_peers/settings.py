@@ -14,6 +14,7 @@ STEPS = {
     "logreg": {"step_size": 0.5, "outer_step": 0.5},
     "logreg_ijcnn1": {"step_size": 0.5, "outer_step": 0.5},
     "datacleaning": {"step_size": 0.5, "outer_step": 50.0},
+    "datacleaning_wide": {"step_size": 0.5, "outer_step": 50.0},
 }
 BATCH_SIZE = 64
 N_INNER_STEPS = 10   # AmIGO's and F2SA's inner loop length (their default)

@@ -98,7 +98,7 @@ def oracles(name: str, problem: dict):
         def f_outer(w, x, start=0, batch_size=1):
             return logistic(w, _slice(val_rows, start, batch_size), _slice(val_labels, start, batch_size))
         unflatten = lambda w: {"w": w}  # noqa: E731
-    elif name == "datacleaning":
+    elif name.startswith("datacleaning"):
         rows, noisy, index = map(as_jax, problem["inner_data"])
         val_rows, val_labels = map(as_jax, problem["outer_data"])
         features, classes = problem["inner"]["W"].shape
@@ -119,7 +119,7 @@ def oracles(name: str, problem: dict):
         def f_outer(w, x, start=0, batch_size=1):
             return cross_entropy(w, _slice(val_rows, start, batch_size), _slice(val_labels, start, batch_size)).mean()
     else:
-        raise ValueError(f"oracles: no JAX oracle for problem {name!r}; known: quadratic, logreg*, datacleaning")
+        raise ValueError(f"oracles: no JAX oracle for problem {name!r}; known: quadratic, logreg*, datacleaning*")
     inner0 = jnp.concatenate([as_jax(v).reshape(-1) for v in problem["inner"].values()])
     outer0 = as_jax(problem["outer"]["x"])
     jit = partial(jax.jit, static_argnames=("batch_size",))

@@ -57,7 +57,9 @@ def test_their_oracles_are_our_losses(quadratic, datacleaning):
     import torch
 
     logreg = stochastic.logreg(train=512, validation=256)
-    for name, problem in (("quadratic", quadratic), ("logreg", logreg), ("datacleaning", datacleaning)):
+    wide = stochastic.datacleaning_wide(features=30, classes=7, train=256, validation=128, test=64)
+    for name, problem in (("quadratic", quadratic), ("logreg", logreg), ("datacleaning", datacleaning),
+                          ("datacleaning_wide", wide)):
         f_inner, f_outer, unflatten, inner0, outer0 = theirs.oracles(name, problem)
         gen = torch.Generator().manual_seed(0)
         w = torch.randn(inner0.shape, generator=gen, dtype=torch.float64)
