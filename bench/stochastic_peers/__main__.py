@@ -23,10 +23,6 @@ PROBLEMS = {
 TIMING = ("logreg_ijcnn1", "datacleaning_wide")  # both sides' solvers only, --timing-steps steps
 
 
-def load() -> str:
-    return " ".join(f"{v:.2f}" for v in os.getloadavg())
-
-
 def run_problem(name: str, checkout: str, solvers, steps: int, every: int, past: int = 0) -> dict:
     """Both sides for ``steps`` iterations; ours of a solver both have ``past`` more, to see where it reaches their
     final figure when that is after their last step."""
@@ -98,14 +94,12 @@ def main(argv=None):
     for name in args.problems:
         timing = name in TIMING
         solvers = [s for s in args.solvers if s in settings.BOTH_SIDES] if timing else args.solvers
-        before = load()
+        before = os.getloadavg()
         steps = args.timing_steps if timing else args.steps
         past = int(round(steps * args.past / args.every)) * args.every
         results[name] = run_problem(name, args.checkout, solvers, steps, args.every, past)
-        loads[name] = f"{before} -> {load()}"
-    text = report.table(results, "see each section")
-    text = "\n".join(line.replace("load average see each section", f"load average {loads[line.split()[1]]}")
-                     if line.startswith("### ") else line for line in text.splitlines())
+        loads[name] = (before, os.getloadavg())
+    text = report.table(results, loads)
     difference = lockstep_check(args.checkout, "quadratic", 200)
     text += (f"\nOur SOBA core in their loop order on their batches (quadratic, 200 steps): largest |ours - theirs| "
              f"over (w, x) = {difference:.2e}\n")

@@ -5,7 +5,12 @@ import os
 
 TARGET_EVALUATIONS = 1.10   # ours reaches their final figure within 10% more evaluations
 TARGET_WALL_TIME = 1.25     # ours per iteration within 1.25x of theirs on the larger problems
+QUIET_LOAD = 1.5            # 1-minute load average at a problem's end above which its wall times were under load
 ROUNDING = 1e-9             # figures this close (relative) are equal: two libraries' float64 rounding over a run
+
+
+def _load(averages) -> str:
+    return " ".join(f"{v:.2f}" for v in averages)
 
 
 def evaluations(point: dict) -> int:
@@ -44,16 +49,19 @@ def compare(ours: list, theirs: list) -> dict:
             "ms_theirs": 1e3 * theirs[-1]["seconds"] / steps}
 
 
-def table(results: dict, load: str) -> str:
-    """Markdown: one row per (problem, solver, side), then the targets per solver both sides have."""
+def table(results: dict, loads: dict) -> str:
+    """Markdown: one row per (problem, solver, side), then the targets per solver both sides have; ``loads`` maps a
+    problem to its load averages before and after, the second as a number to mark wall times taken under load."""
     lines = []
     for problem, rows in results.items():
         any_points = next(iter(rows.values()))
         name = figure_name(any_points)
         extra = [k for k in any_points[-1] if k not in ("step", "seconds", "gradients", "products", name)]
         steps = min(points[-1]["step"] for points in rows.values())  # the horizon; ours may run past it
-        lines += [f"\n### {problem} ({steps} outer steps; load average {load}: wall times under load, decide "
-                  "nothing)\n", f"| solver | side | {name} | " + "".join(f"{k} | " for k in extra)
+        before, after = loads[problem]
+        mark = ": wall times under load, decide nothing" if after[0] > QUIET_LOAD else ""
+        lines += [f"\n### {problem} ({steps} outer steps; load average {_load(before)} -> {_load(after)}{mark})\n",
+                  f"| solver | side | {name} | " + "".join(f"{k} | " for k in extra)
                   + "gradients / step | products / step | ms / step |", "|---|---|---|" + "---|" * len(extra)
                   + "---|---|---|"]
         for (solver, side), points in rows.items():
@@ -72,7 +80,7 @@ def table(results: dict, load: str) -> str:
                 ratio = "not reached" if c["evaluation_ratio"] is None else f"{c['evaluation_ratio']:.2f}"
                 reached = "-" if c["ours_evaluations"] is None else f"{c['ours_evaluations']} ({c['ours_steps']})"
                 lines.append(f"| {solver} | {c['level']:.4g} | {c['ours_final']:.4g} | {c['theirs_evaluations']} "
-                             f"({c['theirs_steps']}) | {reached} | {ratio} | {c['ms_ours'] / c['ms_theirs']:.0f}x "
+                             f"({c['theirs_steps']}) | {reached} | {ratio} | {c['ms_ours'] / c['ms_theirs']:.2f}x "
                              f"({c['ms_ours']:.3f} / {c['ms_theirs']:.3f}) |")
     return "\n".join(lines) + "\n"
 

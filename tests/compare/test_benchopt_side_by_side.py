@@ -128,9 +128,11 @@ def test_report_reads_the_targets():
     c = report.compare(points([0.9, 0.5, 0.3], 2), points([0.8, 0.4, 0.35], 1))
     assert c["level"] == 0.35 and c["theirs_evaluations"] == 30 and c["ours_evaluations"] == 60
     assert c["evaluation_ratio"] == 2.0 and c["ours_steps"] == c["theirs_steps"] == 30
-    text = report.table({"toy": {("soba", "ours"): points([0.9, 0.5, 0.3], 2),
-                                 ("soba", "theirs"): points([0.8, 0.4, 0.35], 1)}}, "1.00 1.00 1.00")
-    assert "| soba | 0.35 | 0.3 | 30 (30) | 60 (30) | 2.00 |" in text
+    rows = {"toy": {("soba", "ours"): points([0.9, 0.5, 0.3], 2), ("soba", "theirs"): points([0.8, 0.4, 0.35], 1)}}
+    text = report.table(rows, {"toy": ((2.0, 1.0, 1.0), (1.0, 1.0, 1.0))})
+    assert "| soba | 0.35 | 0.3 | 30 (30) | 60 (30) | 2.00 | 1.00x (10.000 / 10.000) |" in text
+    assert "load average 2.00 1.00 1.00 -> 1.00 1.00 1.00)" in text  # quiet at its end: no mark
+    assert "under load" in report.table(rows, {"toy": ((1.0, 1.0, 1.0), (2.0, 1.0, 1.0))})
     # ours ran past their last step (30) and reached their figure at 40: counted there, its figure read at 30
     c = report.compare(points([0.9, 0.5, 0.36, 0.34], 1), points([0.8, 0.4, 0.35], 1))
     assert c["ours_steps"] == 40 and c["evaluation_ratio"] == pytest.approx(40 / 30) and c["ours_final"] == 0.36
