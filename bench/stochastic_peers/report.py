@@ -103,7 +103,7 @@ def plot(results: dict, path: str) -> None:
             y = [p[name] for p in points]
             axes[row][0].plot([evaluations(p) for p in points], y, style, color=colour, label=label)
             axes[row][1].plot([p["seconds"] for p in points], y, style, color=colour, label=label)
-        for col, xlabel in enumerate(("gradient + second-order evaluations", "seconds (under load)")):
+        for col, xlabel in enumerate(("gradient + second-order evaluations", "seconds")):
             axes[row][col].set(xlabel=xlabel, ylabel=name, title=problem, xscale="log",
                                yscale="log" if name == "rel_error" else "linear")
     axes[0][1].legend(fontsize=7)
