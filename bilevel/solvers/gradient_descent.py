@@ -16,16 +16,18 @@ class GradientDescentSolver:
     Converges to A^-1 b when 0 < step < 2 / lambda_max(A); from zero it is the Neumann series. Unlike the Neumann
     solver it starts where it is told, which is what a warm start across outer steps needs (AmIGO). The reported
     residual ||A x_{M-1} - b|| / ||b|| is that of the iterate before the last step (it costs no extra product); a
-    non-finite or exploding one raises ``SolverDivergedError`` suggesting a smaller step.
+    non-finite or exploding one raises ``SolverDivergedError`` suggesting a smaller step. ``converged`` means that
+    residual reached ``tol``, as for CG (all ``iterations`` steps run).
     """
 
     iterations: int = 10
     step: float = 0.1
     blowup: float = 1e3
+    tol: float = 1e-10
 
     def __post_init__(self):
         require_positive_integer("GradientDescentSolver", iterations=self.iterations)
-        require_positive("GradientDescentSolver", step=self.step)
+        require_positive("GradientDescentSolver", step=self.step, tol=self.tol)
 
     def __call__(self, matvec, b, x0=None):
         b_norm = float(P.norm(b))
@@ -41,4 +43,4 @@ class GradientDescentSolver:
             raise SolverDivergedError(f"GradientDescentSolver: diverged (relative residual {residual:.3g} after "
                                       f"{self.iterations} steps of {self.step:.3g}); pass a smaller step, e.g. "
                                       f"step={self.step / 4:.3g}")
-        return x, SolveInfo(self.iterations, self.iterations, residual, residual < 1.0)
+        return x, SolveInfo(self.iterations, self.iterations, residual, residual <= self.tol)

@@ -33,16 +33,19 @@ class NeumannSolver:
     from b), so the series contracts at rate 1 - lambda_min / lambda_max. The reported residual is ||(I - step A)^K b||
     / ||b||, the exact residual of the series without its last term and, while the series contracts, a bound on the
     residual of x; it costs no extra product. A residual that grows means the step is too large or A has negative
-    eigenvalues: it warns, and raises when the residual exceeds ``blowup`` times ||b||.
+    eigenvalues: it warns, and raises when the residual exceeds ``blowup`` times ||b||. ``converged`` means the
+    residual reached ``tol``, as for CG (the series always runs its ``iterations`` terms).
     """
 
     iterations: int = 50
     step: Optional[float] = None
     power_iterations: int = 20
     blowup: float = 1e3
+    tol: float = 1e-10
 
     def __post_init__(self):
         require_positive_integer("Neumann", iterations=self.iterations, power_iterations=self.power_iterations)
+        require_positive("Neumann", tol=self.tol)
         if self.step is not None:
             require_positive("Neumann", step=self.step)
 
@@ -73,4 +76,4 @@ class NeumannSolver:
         if residual > 1.0:
             warn_caller(f"Neumann: the residual grew to {residual:.3g} x ||b|| with step {step:.3g}; the step is "
                           "too large or the inner Hessian has negative eigenvalues; pass a smaller step")
-        return P.scale(total, step), SolveInfo(self.iterations, matvecs, residual, residual < 1.0)
+        return P.scale(total, step), SolveInfo(self.iterations, matvecs, residual, residual <= self.tol)

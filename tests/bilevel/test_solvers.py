@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from bilevel.solvers import ConjugateGradientSolver, DenseSolver, NeumannSolver, largest_eigenvalue
+from bilevel.solvers import ConjugateGradientSolver, DenseSolver, GradientDescentSolver, NeumannSolver, largest_eigenvalue
 
 DT = torch.float64
 
@@ -65,6 +65,16 @@ def test_neumann_is_the_truncated_series_and_converges_to_the_solve():
     converged, info = NeumannSolver(iterations=400)(matvec, rhs)
     torch.testing.assert_close(flat(converged), torch.linalg.solve(a, b), rtol=1e-10, atol=1e-12)
     assert info.converged
+
+
+@pytest.mark.parametrize("solver", [NeumannSolver(iterations=3), GradientDescentSolver(iterations=3, step=0.2)])
+def test_a_truncated_solve_does_not_say_converged(solver):
+    """``converged`` means the residual reached ``tol``, as for CG: three terms leave a residual of order one."""
+    _, _, matvec, rhs, _ = spd_system(low=1.0, high=4.0)
+    _, info = solver(matvec, rhs)
+    assert 1e-3 < info.residual < 1.0 and not info.converged
+    _, long = type(solver)(**{**vars(solver), "iterations": 600})(matvec, rhs)
+    assert long.residual <= 1e-10 and long.converged
 
 
 def test_power_iteration_finds_the_largest_eigenvalue():
