@@ -2,7 +2,7 @@
 
     bilevel compare quadratic cg:5,10,20 neumann:5,20,100 unroll:1,5 finite_difference first_order
     bilevel compare logistic --plot logistic.png --json logistic.json   # files are written only when asked
-    bilevel compare mypackage.problems:make_problem cg:10      # your own: a function returning a BilevelProblem
+    bilevel compare mypackage.problems:make_problem cg:10      # your own (importable or in this folder)
     bilevel compare --list                                      # built-in problems and registered methods
 """
 from __future__ import annotations
@@ -65,6 +65,8 @@ def run_compare(args) -> int:
             _check_writable(path, flag)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if ":" in args.problem and os.getcwd() not in sys.path:  # module:function from here, as `python -m` finds it
+        sys.path.insert(0, os.getcwd())
     problem = make_problem(args.problem, args.seed)
     report = compare(problem, args.specs or DEFAULT_SPECS, repeats=args.repeats, exact_max_size=args.exact_max_size)
     print(report.table())

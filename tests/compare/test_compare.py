@@ -157,6 +157,18 @@ def test_cli_user_problem(tmp_path, capsys, monkeypatch):
     assert "problem: mine" in capsys.readouterr().out
 
 
+def test_cli_user_problem_in_the_current_folder(tmp_path, capsys, monkeypatch):
+    """The console script does not put the current folder on sys.path; ``module:function`` is found there anyway,
+    as ``python -m`` would."""
+    (tmp_path / "here_problems.py").write_text(
+        "from tests.compare.test_compare import closed_form_problem\n"
+        "def make(seed=0):\n    return closed_form_problem(seed + 1)[0]\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
+    assert main(["compare", "here_problems:make", "cg:20", "--repeats", "1", "--plot", ""]) == 0
+    assert "problem: mine" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("name", ["ridge", "logistic"])
 def test_builtin_problems_start_at_the_inner_optimum(name):
     pytest.importorskip("sklearn")
