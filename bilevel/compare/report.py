@@ -39,7 +39,8 @@ class ComparisonReport:
 
     def table(self) -> str:
         """A Markdown table with a header that says what the reference and the memory column are."""
-        lines = [f"problem: {self.problem} ({self.description})", f"reference: {self.reference}",
+        named = f"{self.problem} ({self.description})" if self.description else self.problem
+        lines = [f"problem: {named}", f"reference: {self.reference}",
                  f"memory: {self.memory}", f"device: {self.device}", "",
                  "| method | rel. error | cosine | time (ms) | peak memory (KiB) | passes | HVPs |",
                  "|---|---|---|---|---|---|---|"]
@@ -48,7 +49,8 @@ class ComparisonReport:
                 lines.append(f"| {row.label} | failed: {row.error} | | | | | |")
                 continue
             hvp = f"~{row.hvp:.0f}" if row.hvp_estimated else f"{row.hvp:.0f}"
-            lines.append(f"| {row.label} | {row.relative_error:.3e} | {row.cosine:+.6f} | {row.seconds * 1e3:.2f} | "
+            cosine = "n/a" if math.isnan(row.cosine) else f"{row.cosine:+.6f}"  # a zero hypergradient has no direction
+            lines.append(f"| {row.label} | {row.relative_error:.3e} | {cosine} | {row.seconds * 1e3:.2f} | "
                          f"{row.peak_bytes / 1024:.1f} | {row.passes:.0f} | {hvp} |")
         return "\n".join(lines)
 

@@ -10,6 +10,7 @@ import torch
 from bilevel import methods
 from bilevel.compare import BilevelProblem, SpecError, compare, make_problem, parse_specs
 from bilevel.compare.cli import main
+from bilevel.compare.report import ComparisonReport, MethodReport
 
 DTYPE = torch.float64
 
@@ -233,3 +234,11 @@ def test_an_application_adds_its_problem_through_the_entry_point_group():
                               "print(sorted(m for m in sys.modules if m.split('.')[0] == 'autolora'))"],
                              capture_output=True, text=True, check=True)
     assert listing.stdout.strip() == "[]"
+
+
+def test_table_says_n_a_for_a_zero_hypergradients_cosine_and_omits_an_empty_description():
+    report = ComparisonReport("mine", "", "closed form", "peak", "cpu",
+                              [MethodReport("soba", relative_error=1.0, seconds=0.0, peak_bytes=0.0, passes=1, hvp=0)])
+    table = report.table()
+    assert table.splitlines()[0] == "problem: mine"
+    assert "| soba | 1.000e+00 | n/a |" in table
