@@ -231,6 +231,18 @@ class SearchConfig(_JsonConfig):
             _check(self.max_steps >= 1, name, "max_steps", f"must be an integer >= 1, got {self.max_steps!r}")
         _check(self.warmup_steps >= 0, name, "warmup_steps", f"must be >= 0, got {self.warmup_steps!r}")
         _check(self.record_every >= 1, name, "record_every", f"must be >= 1, got {self.record_every!r}")
+        if self.selection_split == "validation":
+            self._check_method()
+
+    def _check_method(self) -> None:
+        """Build the method once, so that an unknown name or setting fails here, before any model is loaded."""
+        import bilevel
+
+        field_name = "method_kwargs" if self.method in bilevel.methods.names() else "method"
+        try:
+            bilevel.MethodSpec(self.method, dict(self.method_kwargs)).build(inner_lr=self.learning_rate)
+        except (TypeError, ValueError) as error:
+            raise FieldError(type(self).__name__, field_name, f"is not usable: {error}") from None
 
 
 @dataclass

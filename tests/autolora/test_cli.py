@@ -135,8 +135,9 @@ def test_budget_rule_on_all_linear_meets_the_budget_and_round_trips_through_peft
     (["--rank-rule", "budget", "--rank-budget", "17"], r"--rank-budget must be in \[4, 16\]"),
     (["--rank-rule", "bogus"], r"not a rank rule; valid: budget, threshold"),
     (["--target-modules", "q_proj"], r"matches no nn.Linear"),
-    (["--method", "cgg"], r"unknown hypergradient method 'cgg'; registered methods: .*finite_difference"),
-    (["--method-kwargs", '{"bogus": 1}'], r"has no setting bogus; its settings:"),
+    (["--method", "cgg"], r"--method is not usable: unknown hypergradient method 'cgg'; registered methods: "
+                          r".*finite_difference"),
+    (["--method-kwargs", '{"bogus": 1}'], r"--method-kwargs is not usable: .* has no setting bogus; its settings:"),
 ])
 def test_bad_rule_settings_fail_in_one_line_and_write_nothing(tiny_dir, tmp_path, capsys, flags, message):
     out = tmp_path / "refused"

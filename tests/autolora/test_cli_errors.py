@@ -42,9 +42,11 @@ def inputs(tiny_dir, tmp_path_factory):  # noqa: F811
 # id: (command, bad flags, corrected flags, the one line's message); the rerun gets the corrected flags instead.
 # "@name" stands for the path of the input ``name``.
 CASES = {
-    "unknown method": ("search", ["--method", "cgg"], [], r"unknown hypergradient method 'cgg'; registered methods:"),
+    "unknown method": ("search", ["--method", "cgg"], [],
+                       r"--method is not usable: unknown hypergradient method 'cgg'; registered methods:"),
     "unknown method setting": ("search", ["--method-kwargs", '{"bogus": 1}'], [],
-                               r"method 'finite_difference' has no setting bogus; its settings: epsilon, lr"),
+                               r"--method-kwargs is not usable: method 'finite_difference' has no setting bogus; its "
+                               r"settings: epsilon, lr"),
     "target that matches nothing": ("search", ["--target-modules", "q_proj"], [],
                                     r"target module 'q_proj' matches no nn.Linear/Conv1D module"),
     "bad flag value names the flag": ("search", ["--search-max-steps", "0"], [],
