@@ -56,3 +56,18 @@ def test_readme_snippets_run():
     blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
     assert blocks
     exec(compile("\n".join(blocks), "README.md", "exec"), {"__name__": "readme"})
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped (hyphens and underscores kept), spaces to
+    hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_links_between_pages_reach_a_heading():
+    pages = {path.name: path.read_text() for path in [*DOCS.glob("*.md"), DOCS.parent / "README.md"]}
+    anchors = {name: {slug(h) for h in re.findall(r"^#+ (.*)$", text, re.M)} for name, text in pages.items()}
+    broken = [f"{name}: {page}#{anchor}" for name, text in pages.items()
+              for page, anchor in re.findall(r"\]\((?:docs/)?([\w-]*\.md)?#([\w-]+)\)", text)
+              if anchor not in anchors.get(page or name, set())]
+    assert not broken
