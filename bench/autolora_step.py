@@ -34,7 +34,7 @@ from bilevel.compare.memory import peak_memory
 from autolora.config import AutoLoraConfig, SearchConfig
 from autolora.demo import minilm_path
 from autolora.injection import find_target_modules, gated_layers, head_module_names, inject_gated_lora
-from autolora.search import build_method, build_search_engine
+from autolora.search import build_search_engine
 
 
 def state_bytes(model: torch.nn.Module, *optimizers: torch.optim.Optimizer) -> int:
@@ -136,8 +136,7 @@ def main(argv=None) -> int:
                              "but the head)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    search_config = SearchConfig(method=args.method, method_kwargs=args.method_kwargs)
-    build_method(search_config)   # an unknown method or setting fails here, before the model loads
+    search_config = SearchConfig(method=args.method, method_kwargs=args.method_kwargs)  # checks them, before the model
     load_before = load_average()   # before this process loads the CPU itself
     from transformers import AutoTokenizer
 

@@ -130,8 +130,7 @@ def search(run_config: RunConfig, data_config, config: AutoLoraConfig, search_co
     task = task or load_task(run_config, data_config)
     model = _load_model(run_config, task, search_config.seed)
     check_targets(model, config)
-    search_module.build_method(search_config)   # an unknown method or setting fails here, before any write
-    search_module.check_second_derivatives(model, search_config)   # and one the model's attention cannot run
+    search_module.check_second_derivatives(model, search_config)   # a method the model's attention cannot run
     if run_config.resume:  # other settings or an unreadable checkpoint: refused before the records are touched
         distributed.on_main(search_checkpoint.check_resumable, checkpoint_dir, config, search_config,
                             len(task.train))
