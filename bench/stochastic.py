@@ -26,7 +26,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
 
 import bilevel
 
@@ -56,7 +56,11 @@ class FunctionalLevel(bilevel.Level):
 
 
 def loader(*tensors, batch_size):
-    return DataLoader(TensorDataset(*tensors), batch_size=batch_size, shuffle=True)
+    """Shuffled batches, indexed from the tensors a batch at a time (the batches of ``shuffle=True``, without its
+    per-row collation)."""
+    dataset = TensorDataset(*tensors)
+    return DataLoader(dataset, sampler=BatchSampler(RandomSampler(dataset), batch_size, drop_last=False),
+                      batch_size=None)
 
 
 def quadratic(seed=0, n=100, m=10, samples=2000, rho=0.1):

@@ -38,3 +38,16 @@ def test_the_benchmark_tells_the_biased_method_from_the_tracked_implicit_one():
     errors = {row: stochastic.run_row(problem, stochastic.ROWS[row], steps=300, batch_size=64)["rel_error"]
               for row in ("soba", "finite_difference")}
     assert errors["soba"] < 0.1 < errors["finite_difference"], errors
+
+
+def test_the_batch_sampler_loader_draws_the_batches_of_a_shuffling_dataloader():
+    """docs/engine.md's advice for tensor data: the same batches as ``shuffle=True``, without per-row collation."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    rows, labels = torch.randn(200, 3), torch.arange(200)
+    torch.manual_seed(0)
+    expected = list(DataLoader(TensorDataset(rows, labels), batch_size=64, shuffle=True))
+    torch.manual_seed(0)
+    got = list(stochastic.loader(rows, labels, batch_size=64))
+    assert [len(b[1]) for b in got] == [64, 64, 64, 8]
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(expected, got, strict=True))
