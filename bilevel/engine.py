@@ -193,7 +193,7 @@ class Engine:
                     bar.set_postfix(inner_loss=f"{inner_loss:.4g}", outer_loss=f"{self.history.last('outer_loss') or math.nan:.4g}")
             if self.on_validate is not None and (
                     (config.validate_every and self.step % config.validate_every == 0) or self.step == config.outer_steps):
-                metrics = self.on_validate(self)
+                metrics = self._validate()
                 if metrics:
                     self.history.log(self.step, **{f"val_{k}": float(v) for k, v in metrics.items()})
             if self.on_step is not None:
@@ -206,6 +206,16 @@ class Engine:
         if bar is not None:
             bar.close()
         return self.history
+
+    def _validate(self) -> Optional[Dict[str, float]]:
+        """``on_validate`` with every random generator restored afterwards: what a validation draws (a sampled
+        subset, dropout in train mode) leaves the run's random stream as it was, so neither the validation schedule nor
+        the validation a run makes at its last step, which a resumed run does not, changes where training goes."""
+        saved = _checkpoint.rng_state()
+        try:
+            return self.on_validate(self)
+        finally:
+            _checkpoint.set_rng_state(saved)
 
     def _next(self, level: Level) -> Any:
         """The next batch of a level, or ``accumulation_steps`` of them as :class:`MicroBatches`."""

@@ -60,3 +60,34 @@ def test_resumed_run_equals_uninterrupted_run_bit_for_bit(name, tmp_path):
     control.method_state = None
     control.run()
     assert not torch.equal(final_state(control)["x"], final_state(uninterrupted)["x"])
+
+
+def test_validation_leaves_the_runs_randomness_alone(tmp_path):
+    """A validation that draws random numbers (a sampled subset, dropout) changes nothing in training: not the
+    validation schedule, and not the validation at a run's last step, which a resumed run does not repeat."""
+    import random
+
+    import numpy as np
+
+    def validate(engine):
+        torch.randperm(10), np.random.rand(), random.random()
+        return {"x_norm": float(engine.outer.stored_params["x"].detach().norm())}
+
+    settings = dict(noise=0.1, inner_steps=2, rows=4)  # passes of 4 batches: the shuffles draw from torch's RNG
+    method = METHODS["amigo_fresh_batches"]
+    plain = quadratic_engine(method, outer_steps=STEPS, **settings)
+    plain.run()
+    validated = quadratic_engine(method, outer_steps=STEPS, validate_every=3, **settings)
+    validated.on_validate = validate
+    validated.run()
+    first = quadratic_engine(method, outer_steps=5, validate_every=4, checkpoint_dir=str(tmp_path), **settings)
+    first.on_validate = validate
+    first.run()
+    resumed = quadratic_engine(method, outer_steps=STEPS, validate_every=4, checkpoint_dir=str(tmp_path),
+                               resume=True, **settings)
+    resumed.on_validate = validate
+    resumed.run()
+    assert [step for step, _ in validated.history.series("val_x_norm")] == [3, 6, 9, 12]
+    for engine in (validated, resumed):
+        for key, value in final_state(plain).items():
+            assert torch.equal(value, final_state(engine)[key]), key
