@@ -3,6 +3,7 @@ corrected rerun into the same --output-dir would trip over (no --overwrite neede
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -32,6 +33,11 @@ def inputs(tiny_dir, tmp_path_factory):  # noqa: F811
     from transformers import AutoTokenizer
 
     AutoTokenizer.from_pretrained(tiny_dir / "model").save_pretrained(tokenizer_only)
+    no_tokenizer = root / "no_tokenizer"  # config and weights only: transformers would build an empty tokenizer
+    shutil.copytree(tiny_dir / "model", no_tokenizer)
+    for path in no_tokenizer.iterdir():
+        if "token" in path.name or path.name.startswith("vocab"):
+            path.unlink()
     for name, ranks in (("good", dict.fromkeys(TARGETS, 2)), ("zero", dict.fromkeys(TARGETS, 0)),
                         ("fraction", dict.fromkeys(TARGETS, 2.5)), ("other", {"model.layers.0.q_proj": 2})):
         (root / f"{name}.json").write_text(json.dumps({"k": 4, "ranks": ranks}))
@@ -53,6 +59,9 @@ CASES = {
                                       r"--search-max-steps must be an integer >= 1, got 0 "
                                       r"\(see autolora search --help\)"),
     "flag of the wrong type": ("search", ["--k", "abc"], [], r"argument --k: invalid int value: 'abc'"),
+    "model folder without a tokenizer": ("search", ["--model-name-or-path", "@no_tokenizer"], [],
+                                         r"no_tokenizer has no tokenizer files \(tokenizer.json, vocab.txt, "
+                                         r"vocab.json or a sentencepiece .model\); save the tokenizer there too"),
     "folder that is not a model": ("search", ["--model-name-or-path", "@tokenizer_only"], [],
                                    r"tokenizer_only is not a Hugging Face model folder: no config.json"),
     "labels of mixed types": ("search", ["--train-file", "@mixed"], [],
