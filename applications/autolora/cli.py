@@ -14,6 +14,7 @@ import logging
 import sys
 import warnings
 
+from . import distributed
 from .arguments import add_dataclass_arguments, dataclasses_from_args
 from .config import AutoLoraConfig, DataConfig, RetrainConfig, RunConfig, SearchConfig
 
@@ -77,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _print_scores(metrics: dict) -> None:
+    """The retrained model's scores on stdout, once (rank 0 under torchrun): eval, and test when it was scored."""
+    if distributed.is_main():
+        print(f"eval: {metrics.get('eval')}")
+        if "test" in metrics:
+            print(f"test: {metrics['test']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -101,15 +110,14 @@ def main(argv: list[str] | None = None) -> int:
             parser.exit(2, f"autolora {args.command}: error: {error} (see autolora {args.command} --help)\n")
         run, data, method = configs[RunConfig], configs[DataConfig], configs[AutoLoraConfig]
         if args.command == "run":
-            metrics = pipeline.run(run, data, method, configs[SearchConfig], configs[RetrainConfig])
-            print(f"eval: {metrics.get('eval')}")
+            _print_scores(pipeline.run(run, data, method, configs[SearchConfig], configs[RetrainConfig]))
         elif args.command == "search":
             ranks = pipeline.search(run, data, method, configs[SearchConfig])
-            print(f"ranks: {ranks.ranks}")
+            if distributed.is_main():
+                print(f"ranks: {ranks.ranks}")
         else:
-            metrics = pipeline.retrain(run, data, method, configs[RetrainConfig], ranks=args.ranks,
-                                       uniform_rank=args.uniform_rank)
-            print(f"eval: {metrics.get('eval')}")
+            _print_scores(pipeline.retrain(run, data, method, configs[RetrainConfig], ranks=args.ranks,
+                                           uniform_rank=args.uniform_rank))
     except Exception as error:
         if args.log_level == "DEBUG":
             raise

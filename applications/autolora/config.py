@@ -311,7 +311,8 @@ class DataConfig(_JsonConfig):
     dataset_config_name: str | None = _help("Hub dataset configuration, e.g. 'sst2' for dataset_name 'glue'.")
     train_file: str | None = _help("Training data: .jsonl, .json, .csv, .tsv or .parquet.")
     validation_file: str | None = _help("Evaluation data (held out from search and retraining), same formats.")
-    test_file: str | None = _help("Optional test data, same formats; labels may be absent.")
+    test_file: str | None = _help("Optional test data, same formats: scored once, after retraining (metrics.json "
+                                       "'test'), when it has labels.")
     task_kind: str = _help("auto (inferred from the columns) or a kind of autolora.tasks.TASK_KINDS: "
                            "classification, regression, token_classification or generation.", "auto")
     text_column: str | None = _help("Classification/regression: column with the (first) text.")

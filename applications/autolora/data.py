@@ -149,8 +149,18 @@ def _load_hub(config: DataConfig) -> dict[str, datasets.Dataset]:
     if validation:
         splits["validation"] = loaded[validation[0]]
     if "test" in loaded:
-        splits["test"] = loaded["test"]
+        splits["test"] = _without_hidden_labels(loaded["test"], config)
     return splits
+
+
+def _without_hidden_labels(test: datasets.Dataset, config: DataConfig) -> datasets.Dataset:
+    """A hub test split whose labels are all -1 (GLUE's hidden test labels), as an unlabeled split."""
+    from .tasks.detection import LABEL_NAMES
+
+    candidates = [config.label_column] if config.label_column else LABEL_NAMES
+    hidden = [name for name in candidates
+              if name in test.column_names and len(test) and set(test[name]) == {-1}]
+    return test.remove_columns(hidden) if hidden else test
 
 
 def __getattr__(name: str):

@@ -233,16 +233,30 @@ def _finish_retrain(out: str, result, task, retrain_config: RetrainConfig) -> di
     evaluation = (task.evaluate(result.model, task.evaluation, batch_size=retrain_config.eval_batch_size)
                   if task.evaluation is not None else {})
     eval_time = time.perf_counter() - start
+    test = _score_test_split(task, result.model, retrain_config.eval_batch_size)
     retrain_module.save_adapter(result.model, os.path.join(out, "adapter"))
     if retrain_config.merge:
         retrain_module.save_merged(result.model, os.path.join(out, "merged"), tokenizer=task.tokenizer)
     logger.info("evaluation: %s", evaluation)
     return _update_json(os.path.join(out, "metrics.json"), {
-        "eval": evaluation,
+        "eval": evaluation, **({"test": test} if test is not None else {}),
         "retrain": {"steps": result.steps, "wall_time_s": round(result.wall_time_s, 2),
                     "eval_wall_time_s": round(eval_time, 2), "trainable_parameters": result.trainable_parameters,
                     "train_examples": len(task.train), "final_loss": result.losses[-1][1] if result.losses else None,
                     **_label_scaling(task)}})
+
+
+def _score_test_split(task, model, batch_size: int) -> dict | None:
+    """Metrics of the retrained model on the test split (``--test-file``, a hub dataset's test split), once, after
+    everything was chosen on the other splits; None when there is none or it has no labels (a hub's hidden ones)."""
+    if task.test is None or len(task.test) == 0:
+        return None
+    if "labels" not in task.test.column_names:
+        logger.info("test split %s has no labels: not scored (load adapter/ to predict on it)", task._source("test"))
+        return None
+    test = task.evaluate(model, task.test, batch_size=batch_size)
+    logger.info("test: %s", test)
+    return test
 
 
 def run(run_config: RunConfig, data_config, config: AutoLoraConfig, search_config: SearchConfig,

@@ -164,6 +164,20 @@ def test_retrain_uniform_rank_is_the_uniform_baseline(tiny_dir, tmp_path):
                  str(out / "ranks.json")]) == 1
 
 
+def test_a_labeled_test_file_is_scored_after_retraining_and_an_unlabeled_one_is_not(tiny_dir, tmp_path):
+    retrain = ["--uniform-rank", "2", "--retrain-max-steps", "2", "--retrain-batch-size", "8"]
+    out = tmp_path / "labeled"  # the validation rows as test rows: the same model scores them the same
+    assert main(["retrain", *common(tiny_dir, out), *retrain, "--test-file", str(tiny_dir / "validation.jsonl")]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"accuracy", "f1"} <= set(metrics["test"]) and metrics["test"] == metrics["eval"]
+    unlabeled = tmp_path / "unlabeled.jsonl"
+    rows = [json.loads(line) for line in (tiny_dir / "validation.jsonl").read_text().splitlines()]
+    unlabeled.write_text("".join(json.dumps({"sentence": row["sentence"]}) + "\n" for row in rows))
+    out = tmp_path / "unlabeled"
+    assert main(["retrain", *common(tiny_dir, out), *retrain, "--test-file", str(unlabeled)]) == 0
+    assert "test" not in json.loads((out / "metrics.json").read_text())
+
+
 def test_the_adapter_carries_the_label_names(tiny_dir, tmp_path):
     """Three named classes on a two-label checkpoint: the task's head replaces the checkpoint's, and the adapter
     reloaded as docs/autolora.md shows predicts the names and scores what metrics.json says."""

@@ -283,3 +283,22 @@ def test_config_round_trips_through_json():
     assert DataConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     with pytest.raises(ValueError, match="unknown field\\(s\\) colour"):
         DataConfig.from_dict({"train_file": "a.jsonl", "colour": "red"})
+
+
+def test_a_hub_test_split_with_hidden_labels_is_unlabeled(monkeypatch, tokenizer):
+    """GLUE's test splits carry label -1 (the labels are hidden): read as an unlabeled test split, not as a label
+    the training split lacks."""
+    import datasets
+
+    features = datasets.Features({"sentence": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["negative", "positive"])})
+    hub = datasets.DatasetDict({
+        "train": datasets.Dataset.from_list(SST_ROWS, features=features),
+        "validation": datasets.Dataset.from_list(SST_ROWS[:2], features=features),
+        "test": datasets.Dataset.from_list([{"sentence": "so so", "label": -1}], features=features)})
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: hub)
+    config = DataConfig(dataset_name="glue", dataset_config_name="sst2")
+    splits = load_raw_splits(config)
+    assert splits["test"].column_names == ["sentence"] and "label" in splits["validation"].column_names
+    task = build_task(config, tokenizer)
+    assert "labels" not in task.test.column_names and "labels" in task.evaluation.column_names

@@ -56,6 +56,7 @@ def test_two_ranks_equal_one_process_at_the_global_batch(tiny_dir, tmp_path):
     distributed, single = tmp_path / "ddp", tmp_path / "single"
     done = torchrun(arguments(tiny_dir, distributed, 4))
     assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.count("eval: ") == 1  # the scores are printed once, by rank 0
     assert main(arguments(tiny_dir, single, 8)) == 0
 
     ddp_ranks, one_ranks = (json.loads((d / "ranks.json").read_text()) for d in (distributed, single))
