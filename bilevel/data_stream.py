@@ -11,7 +11,8 @@ class DataStream:
 
     A shuffling DataLoader draws its order from torch's generator when iterated (or from its own generator): the
     stream remembers that state, and the data's own ``state_dict()`` when it has one, when each pass begins, so a
-    restored stream replays the same order and skips the batches already drawn.
+    restored stream replays the same order and skips the batches already drawn. A sampler (or dataset) with
+    ``set_epoch``, as ``DistributedSampler``, gets the pass number before each pass, so every pass has a new order.
     """
 
     def __init__(self, data: Iterable, owner: str):
@@ -20,6 +21,7 @@ class DataStream:
         self._epoch_rng: Optional[torch.Tensor] = None  # torch RNG state when the current pass began
         self._data_state: Optional[Dict[str, Any]] = None  # data.state_dict() when the current pass began
         self._drawn = 0  # batches drawn in the current pass
+        self._epoch = -1  # number of the current pass (0 for the first); -1 before the first
 
     def next(self) -> Any:
         if self._iterator is None:
@@ -36,19 +38,23 @@ class DataStream:
         return batch
 
     def _start_pass(self) -> None:
+        self._epoch += 1
+        for part in _epoch_aware_parts(self.data):
+            part.set_epoch(self._epoch)
         self._epoch_rng = torch.random.get_rng_state()
         self._data_state = self.data.state_dict() if hasattr(self.data, "state_dict") else None
         self._iterator = iter(self.data)
         self._drawn = 0
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"epoch_rng": self._epoch_rng, "drawn": self._drawn, "state": self._data_state}
+        return {"epoch_rng": self._epoch_rng, "drawn": self._drawn, "state": self._data_state, "epoch": self._epoch}
 
     def load_state_dict(self, position: Dict[str, Any]) -> None:
         """Re-create the pass the position was saved in and advance it; torch's RNG is left as it was."""
-        self._iterator, self._epoch_rng, self._drawn = None, None, 0
+        self._iterator, self._epoch_rng, self._drawn, self._epoch = None, None, 0, -1
         if position["epoch_rng"] is None:
             return
+        self._epoch = position.get("epoch", 0) - 1  # _start_pass steps it to the saved pass
         current = torch.random.get_rng_state()
         torch.random.set_rng_state(position["epoch_rng"])
         if position.get("state") is not None:
@@ -58,3 +64,17 @@ class DataStream:
             next(self._iterator)
         self._drawn = position["drawn"]
         torch.random.set_rng_state(current)
+
+
+def _epoch_aware_parts(data: Iterable) -> list:
+    """The parts of ``data`` that take ``set_epoch`` (the data itself, a DataLoader's sampler, batch sampler or
+    dataset), each once: the convention by which DistributedSampler and streaming datasets reshuffle per pass."""
+    batch_sampler = getattr(data, "batch_sampler", None)
+    candidates = (data, getattr(data, "sampler", None), batch_sampler, getattr(batch_sampler, "sampler", None),
+                  getattr(data, "dataset", None))
+    parts, seen = [], set()
+    for part in candidates:
+        if part is not None and id(part) not in seen and callable(getattr(part, "set_epoch", None)):
+            seen.add(id(part))
+            parts.append(part)
+    return parts

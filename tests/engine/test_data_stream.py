@@ -1,0 +1,49 @@
+"""DataStream: passes of a DistributedSampler get new orders (set_epoch), and a saved position replays exactly."""
+import torch
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
+
+from bilevel.data_stream import DataStream
+
+ROWS = 12
+
+
+def distributed_loader(via_batch_sampler: bool = False) -> DataLoader:
+    sampler = DistributedSampler(range(ROWS), num_replicas=1, rank=0, shuffle=True, seed=3)
+    if via_batch_sampler:
+        return DataLoader(range(ROWS), batch_sampler=BatchSampler(sampler, batch_size=4, drop_last=False))
+    return DataLoader(range(ROWS), batch_size=4, sampler=sampler)
+
+
+def order_of_epoch(epoch: int) -> list:
+    """What DistributedSampler documents for pass ``epoch``: the permutation seeded by seed + epoch."""
+    return torch.randperm(ROWS, generator=torch.Generator().manual_seed(3 + epoch)).tolist()
+
+
+def drawn(stream: DataStream, batches: int) -> list:
+    return [row for _ in range(batches) for row in stream.next().tolist()]
+
+
+def test_each_pass_of_a_distributed_sampler_has_its_own_order():
+    for via_batch_sampler in (False, True):
+        rows = drawn(DataStream(distributed_loader(via_batch_sampler), "train"), 9)  # three passes of 3 batches
+        assert [rows[i * ROWS:(i + 1) * ROWS] for i in range(3)] == [order_of_epoch(e) for e in range(3)]
+
+
+def test_a_restored_stream_continues_the_same_pass_and_the_next():
+    stream = DataStream(distributed_loader(), "train")
+    drawn(stream, 4)  # into the second pass
+    position = stream.state_dict()
+    expected = drawn(stream, 5)  # the rest of pass 1 and pass 2
+    restored = DataStream(distributed_loader(), "train")
+    restored.load_state_dict(position)
+    assert drawn(restored, 5) == expected
+    assert expected == order_of_epoch(1)[4:] + order_of_epoch(2)
+
+
+def test_positions_saved_before_the_pass_number_was_recorded_restore_as_the_first_pass():
+    stream = DataStream(distributed_loader(), "train")
+    drawn(stream, 1)
+    position = {key: value for key, value in stream.state_dict().items() if key != "epoch"}
+    restored = DataStream(distributed_loader(), "train")
+    restored.load_state_dict(position)
+    assert drawn(restored, 2) == order_of_epoch(0)[4:]
