@@ -25,7 +25,8 @@ _LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
 # Errors that mean "the input is wrong": their message is the whole story. Anything else is reported in one line
 # too, with the hint that --log-level DEBUG shows where it came from.
 _INPUT_ERRORS = (ValueError, OSError, ImportError, RuntimeError, ArithmeticError)
-_THIRD_PARTY = ("transformers", "datasets", "peft", "huggingface_hub", "torch", "urllib3", "filelock")
+_THIRD_PARTY = ("transformers", "datasets", "peft", "huggingface_hub", "torch", "urllib3", "filelock",
+                "absl")  # absl: rouge-score logs "Using default tokenizer." at INFO on every evaluation
 
 
 class _OneLineParser(argparse.ArgumentParser):

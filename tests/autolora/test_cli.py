@@ -1,4 +1,5 @@
 import json
+import logging
 import os
 import re
 
@@ -243,3 +244,14 @@ def test_default_output_is_autolora_alone_and_names_a_new_head_once(tiny_dir, tm
     assert [line.split(": ", 1)[1] for line in lines if "new task head" in line] == [
         f"new task head classifier: initialised afresh ({encoder_dir} has none of this shape) and trained with the "
         "LoRA weights"]
+
+
+def test_scoring_generation_logs_nothing_of_rouge_score(caplog):
+    """rouge-score logs "Using default tokenizer." through absl at INFO each time it scores; the CLI keeps it out."""
+    from autolora.cli import _quiet_third_party
+    from autolora.metrics import generation_metrics
+
+    _quiet_third_party()
+    with caplog.at_level(logging.INFO):
+        generation_metrics(["a cat sat"], [["a cat sat down"]])
+    assert not [r for r in caplog.records if r.name.startswith("absl")], caplog.text
