@@ -33,6 +33,9 @@ class DataStream:
             try:
                 batch = next(self._iterator)
             except StopIteration:
+                if self._epoch > 0 and iter(self.data) is self.data:
+                    raise ValueError(f"{self.owner}: data is an iterator, used up after one pass; pass an iterable "
+                                     "that restarts (a DataLoader, a list), or an endless generator") from None
                 raise ValueError(f"{self.owner}: data yields no batches; pass a non-empty iterable") from None
         self._drawn += 1
         return batch

@@ -47,3 +47,15 @@ def test_positions_saved_before_the_pass_number_was_recorded_restore_as_the_firs
     restored = DataStream(distributed_loader(), "train")
     restored.load_state_dict(position)
     assert drawn(restored, 2) == order_of_epoch(0)[4:]
+
+
+def test_empty_data_and_a_used_up_iterator_are_told_apart():
+    import pytest
+
+    with pytest.raises(ValueError, match=r"^train: data yields no batches; pass a non-empty iterable$"):
+        DataStream([], "train").next()
+    stream = DataStream(iter([torch.zeros(1), torch.ones(1)]), "train")
+    stream.next(), stream.next()
+    with pytest.raises(ValueError, match=r"^train: data is an iterator, used up after one pass; pass an iterable "
+                                         r"that restarts \(a DataLoader, a list\), or an endless generator$"):
+        stream.next()
