@@ -39,7 +39,7 @@ class Engine:
     def __init__(self, inner: Level, outer: Level, method: Any = "finite_difference",
                  config: Optional[EngineConfig] = None,
                  on_validate: Optional[Callable[["Engine"], Optional[Dict[str, float]]]] = None,
-                 on_step: Optional[Callable[["Engine", int], None]] = None):
+                 on_step: Optional[Callable[["Engine", int], Optional[bool]]] = None):
         self.inner, self.outer = inner, outer
         inner.outer, outer.inner = outer, inner
         self.config = config or EngineConfig()
@@ -196,13 +196,14 @@ class Engine:
                 metrics = self._validate()
                 if metrics:
                     self.history.log(self.step, **{f"val_{k}": float(v) for k, v in metrics.items()})
-            if self.on_step is not None:
-                self.on_step(self, self.step)
+            stop = self.on_step is not None and self.on_step(self, self.step) is True
             if config.checkpoint_dir and ((config.checkpoint_every and self.step % config.checkpoint_every == 0)
-                                          or self.step == config.outer_steps):
+                                          or self.step == config.outer_steps or stop):
                 self.save_checkpoint()
             if bar is not None:
                 bar.update(1)
+            if stop:
+                break
         if bar is not None:
             bar.close()
         return self.history

@@ -89,3 +89,19 @@ def test_method_by_name_takes_the_inner_learning_rate(name):
 def test_method_object_is_taken_as_given():
     method = bilevel.methods.FiniteDifference(lr=0.3)
     assert make_engine(method).method is method
+
+
+def test_on_step_returning_true_stops_the_run_there_and_checkpoints_that_step(tmp_path):
+    engine = make_engine(outer_steps=10, checkpoint_dir=str(tmp_path), checkpoint_every=100)
+    engine.on_step = lambda engine, step: step == 4 or None
+    history = engine.run()
+    assert engine.step == 4 and [step for step, _ in history.series("outer_loss")] == [1, 2, 3, 4]
+    stopped_at = engine.outer.stored_params["log_decay"].detach().clone()
+    resumed = make_engine(outer_steps=10, checkpoint_dir=str(tmp_path))
+    assert resumed.load_checkpoint() and resumed.step == 4
+    assert torch.equal(resumed.outer.stored_params["log_decay"].detach(), stopped_at)
+    steps = []
+    plain = make_engine(outer_steps=3)
+    plain.on_step = lambda engine, step: steps.append(step)  # returns None: no stop
+    plain.run()
+    assert steps == [1, 2, 3]
