@@ -20,7 +20,8 @@ def tiny_dir(tmp_path_factory):
     words = sorted({w for t in _TEMPLATES for w in t.split()} | set(_POSITIVE + _NEGATIVE + _NOUNS) | {"not"})
     words = [w for w in words if "{" not in w]
     (root / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(root / "vocab.txt"))
+    tokenizer = BertTokenizerFast(str(root / "vocab.txt"))  # positional: transformers 5 ignores vocab_file=
+    assert len(tokenizer) == len(words) + 5, "the tokenizer lost its vocabulary"
     torch.manual_seed(0)
     config = BertConfig(vocab_size=len(words) + 5, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=32, max_position_embeddings=64)

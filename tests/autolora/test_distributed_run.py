@@ -31,7 +31,9 @@ def tiny_dir(tmp_path_factory):
                         intermediate_size=32, max_position_embeddings=64, hidden_dropout_prob=0.0,
                         attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
     BertForSequenceClassification(config).save_pretrained(root / "model")
-    BertTokenizerFast(vocab_file=str(root / "vocab.txt")).save_pretrained(root / "model")
+    tokenizer = BertTokenizerFast(str(root / "vocab.txt"))  # positional: transformers 5 ignores vocab_file=
+    assert len(tokenizer) == len(words) + 5, "the tokenizer lost its vocabulary"
+    tokenizer.save_pretrained(root / "model")
     for split, n, seed in (("train", 48, 0), ("validation", 16, 1)):
         (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in generate_sentiment_data(n, seed)))
     return root
