@@ -29,11 +29,12 @@ class DataStream:
         try:
             batch = next(self._iterator)
         except StopIteration:
+            drew_before = self._drawn > 0
             self._start_pass()
             try:
                 batch = next(self._iterator)
             except StopIteration:
-                if self._epoch > 0 and iter(self.data) is self.data:
+                if drew_before and iter(self.data) is self.data:
                     raise ValueError(f"{self.owner}: data is an iterator, used up after one pass; pass an iterable "
                                      "that restarts (a DataLoader, a list), or an endless generator") from None
                 raise ValueError(f"{self.owner}: data yields no batches; pass a non-empty iterable") from None
@@ -70,14 +71,16 @@ class DataStream:
 
 
 def _epoch_aware_parts(data: Iterable) -> list:
-    """The parts of ``data`` that take ``set_epoch`` (the data itself, a DataLoader's sampler, batch sampler or
-    dataset), each once: the convention by which DistributedSampler and streaming datasets reshuffle per pass."""
-    batch_sampler = getattr(data, "batch_sampler", None)
-    candidates = (data, getattr(data, "sampler", None), batch_sampler, getattr(batch_sampler, "sampler", None),
-                  getattr(data, "dataset", None))
-    parts, seen = [], set()
-    for part in candidates:
-        if part is not None and id(part) not in seen and callable(getattr(part, "set_epoch", None)):
-            seen.add(id(part))
+    """The parts of ``data`` that take ``set_epoch``, each once: the data itself, its dataset, and its samplers down
+    every ``sampler``/``batch_sampler`` chain (a DistributedSampler inside a BatchSampler given as a DataLoader's
+    sampler included): the convention by which DistributedSampler and streaming datasets reshuffle per pass."""
+    parts, seen, pending = [], set(), [data, getattr(data, "dataset", None)]
+    while pending:
+        part = pending.pop(0)
+        if part is None or id(part) in seen:
+            continue
+        seen.add(id(part))
+        if callable(getattr(part, "set_epoch", None)):
             parts.append(part)
+        pending += [getattr(part, "sampler", None), getattr(part, "batch_sampler", None)]
     return parts

@@ -60,6 +60,16 @@ def mean_across_ranks(params: Params) -> Params:
     return {name: out[name] for name in params}
 
 
+def any_across_ranks(flag: bool, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is true on any rank (one all-reduce on ``device``); ``flag`` outside
+    ``torch.distributed``. For decisions every rank must take together, as stopping a run."""
+    if not is_distributed():
+        return flag
+    value = torch.tensor(float(flag), device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def shard(items, rank_index: int | None = None, size: int | None = None):
     """This rank's equal share of a sequence (a list of examples or a tensor's first dimension).
 

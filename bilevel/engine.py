@@ -11,7 +11,7 @@ import torch
 from . import checkpoint as _checkpoint
 from . import methods as _methods
 from .config import EngineConfig
-from .distributed import is_distributed, mean_across_ranks, rank
+from .distributed import any_across_ranks, is_distributed, mean_across_ranks, rank
 from .history import MetricsHistory
 from .hypergradient import hypergradient
 from .params import Params, detached
@@ -187,18 +187,21 @@ class Engine:
         while self.step < config.outer_steps:
             result, inner_loss = self.iteration()
             self.step += 1
-            if self.step % config.log_every == 0 or self.step == config.outer_steps:
-                self.history.log(self.step, **{**_numeric(result.diagnostics), "inner_loss": inner_loss})
-                if bar is not None:
-                    bar.set_postfix(inner_loss=f"{inner_loss:.4g}", outer_loss=f"{self.history.last('outer_loss') or math.nan:.4g}")
-            if self.on_validate is not None and (
-                    (config.validate_every and self.step % config.validate_every == 0) or self.step == config.outer_steps):
-                metrics = self._validate()
-                if metrics:
-                    self.history.log(self.step, **{f"val_{k}": float(v) for k, v in metrics.items()})
-            stop = self.on_step is not None and self.on_step(self, self.step) is True
+            last = self.step == config.outer_steps
+            logged = self.step % config.log_every == 0 or last
+            if logged:
+                self._log(result, inner_loss, bar)
+            validated = self.on_validate is not None and (
+                (config.validate_every and self.step % config.validate_every == 0) or last)
+            if validated:
+                self._log_validation()
+            stop = self._stop_requested()
+            if stop and not logged:  # a stopped run ends as a finished one: its last step logged and validated
+                self._log(result, inner_loss, bar)
+            if stop and self.on_validate is not None and not validated:
+                self._log_validation()
             if config.checkpoint_dir and ((config.checkpoint_every and self.step % config.checkpoint_every == 0)
-                                          or self.step == config.outer_steps or stop):
+                                          or last or stop):
                 self.save_checkpoint()
             if bar is not None:
                 bar.update(1)
@@ -207,6 +210,26 @@ class Engine:
         if bar is not None:
             bar.close()
         return self.history
+
+    def _log(self, result, inner_loss: float, bar) -> None:
+        self.history.log(self.step, **{**_numeric(result.diagnostics), "inner_loss": inner_loss})
+        if bar is not None:
+            bar.set_postfix(inner_loss=f"{inner_loss:.4g}",
+                            outer_loss=f"{self.history.last('outer_loss') or math.nan:.4g}")
+
+    def _log_validation(self) -> None:
+        metrics = self._validate()
+        if metrics:
+            self.history.log(self.step, **{f"val_{k}": float(v) for k, v in metrics.items()})
+
+    def _stop_requested(self) -> bool:
+        """Call ``on_step``; a value that is not None and is true (True, 1, a true NumPy or tensor bool) asks to stop.
+        Under torchrun the run stops when any rank asks, so that every rank stops at the same step."""
+        if self.on_step is None:
+            return False
+        answer = self.on_step(self, self.step)
+        device = next(iter(self.inner.stored_params.values())).device
+        return any_across_ranks(answer is not None and bool(answer), device)
 
     def _validate(self) -> Optional[Dict[str, float]]:
         """``on_validate`` with every random generator restored afterwards: what a validation draws (a sampled

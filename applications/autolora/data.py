@@ -158,8 +158,8 @@ def _without_hidden_labels(test: datasets.Dataset, config: DataConfig) -> datase
     from .tasks.detection import LABEL_NAMES
 
     candidates = [config.label_column] if config.label_column else LABEL_NAMES
-    hidden = [name for name in candidates
-              if name in test.column_names and len(test) and set(test[name]) == {-1}]
+    hidden = [name for name in candidates if name in test.column_names and len(test)
+              and all(isinstance(value, (int, float)) and value == -1 for value in test[name])]
     return test.remove_columns(hidden) if hidden else test
 
 

@@ -72,11 +72,14 @@ def _output_dir(run_config: RunConfig) -> str:
     return run_config.output_dir
 
 
-def _update_json(path: str, updates: dict) -> dict:
+def _update_json(path: str, updates: dict, drop: tuple[str, ...] = ()) -> dict:
+    """Merge ``updates`` into the JSON object at ``path`` (created if absent), without the keys ``drop``."""
     data = {}
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
+    for key in drop:
+        data.pop(key, None)
     data.update(updates)
     write_json_atomic(path, data)
     return data
@@ -228,22 +231,27 @@ def _check_retrain_output(out: str, overwrite: bool, create: bool = True) -> Non
 
 
 def _finish_retrain(out: str, result, task, retrain_config: RetrainConfig) -> dict:
-    """Evaluate, save adapter/ (and merged/) and complete metrics.json; rank 0's job under torchrun."""
+    """Save adapter/, evaluate, complete metrics.json and save merged/; rank 0's job under torchrun. The adapter is
+    saved first, so that a failing evaluation loses no training; merging consumes the model, so it comes last."""
+    retrain_module.save_adapter(result.model, os.path.join(out, "adapter"))
     start = time.perf_counter()
     evaluation = (task.evaluate(result.model, task.evaluation, batch_size=retrain_config.eval_batch_size)
                   if task.evaluation is not None else {})
     eval_time = time.perf_counter() - start
-    test = _score_test_split(task, result.model, retrain_config.eval_batch_size)
-    retrain_module.save_adapter(result.model, os.path.join(out, "adapter"))
-    if retrain_config.merge:
-        retrain_module.save_merged(result.model, os.path.join(out, "merged"), tokenizer=task.tokenizer)
     logger.info("evaluation: %s", evaluation)
-    return _update_json(os.path.join(out, "metrics.json"), {
-        "eval": evaluation, **({"test": test} if test is not None else {}),
+    path = os.path.join(out, "metrics.json")
+    metrics = _update_json(path, {
+        "eval": evaluation,
         "retrain": {"steps": result.steps, "wall_time_s": round(result.wall_time_s, 2),
                     "eval_wall_time_s": round(eval_time, 2), "trainable_parameters": result.trainable_parameters,
                     "train_examples": len(task.train), "final_loss": result.losses[-1][1] if result.losses else None,
-                    **_label_scaling(task)}})
+                    **_label_scaling(task)}}, drop=("test",))  # a test score of an earlier adapter is not this one's
+    test = _score_test_split(task, result.model, retrain_config.eval_batch_size)  # a failure keeps eval's record
+    if test is not None:
+        metrics = _update_json(path, {"test": test})
+    if retrain_config.merge:
+        retrain_module.save_merged(result.model, os.path.join(out, "merged"), tokenizer=task.tokenizer)
+    return metrics
 
 
 def _score_test_split(task, model, batch_size: int) -> dict | None:

@@ -178,6 +178,24 @@ def test_a_labeled_test_file_is_scored_after_retraining_and_an_unlabeled_one_is_
     out = tmp_path / "unlabeled"
     assert main(["retrain", *common(tiny_dir, out), *retrain, "--test-file", str(unlabeled)]) == 0
     assert "test" not in json.loads((out / "metrics.json").read_text())
+    out = tmp_path / "labeled"  # retrained over the labeled run without a test file: no stale score of the old one
+    assert main(["retrain", *common(tiny_dir, out), *retrain, "--overwrite"]) == 0
+    assert "test" not in json.loads((out / "metrics.json").read_text())
+
+
+def test_a_failing_test_scoring_keeps_the_adapter_and_the_eval_scores(tiny_dir, tmp_path, monkeypatch, capsys):
+    from autolora import pipeline
+
+    def fail(*args):
+        raise RuntimeError("scoring failed")
+
+    monkeypatch.setattr(pipeline, "_score_test_split", fail)
+    out = tmp_path / "out"
+    assert main(["retrain", *common(tiny_dir, out), "--uniform-rank", "2", "--retrain-max-steps", "2", "--merge",
+                 "--test-file", str(tiny_dir / "validation.jsonl")]) == 1
+    assert "scoring failed" in capsys.readouterr().err
+    assert (out / "adapter" / "adapter_config.json").exists()
+    assert {"accuracy", "f1"} <= set(json.loads((out / "metrics.json").read_text())["eval"])
 
 
 def test_the_adapter_carries_the_label_names(tiny_dir, tmp_path):

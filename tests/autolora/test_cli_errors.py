@@ -60,8 +60,10 @@ CASES = {
                                       r"\(see autolora search --help\)"),
     "flag of the wrong type": ("search", ["--k", "abc"], [], r"argument --k: invalid int value: 'abc'"),
     "model folder without a tokenizer": ("search", ["--model-name-or-path", "@no_tokenizer"], [],
-                                         r"no_tokenizer has no tokenizer files \(tokenizer.json, vocab.txt, "
-                                         r"vocab.json or a sentencepiece .model\); save the tokenizer there too"),
+                                         r"no_tokenizer gives a tokenizer that knows only its 5 special token\(s\): "
+                                         r"the tokenizer's files \(tokenizer.json, vocab.txt, vocab.json \+ "
+                                         r"merges.txt, a sentencepiece .model, ...\) are missing; save the tokenizer "
+                                         r"there too"),
     "folder that is not a model": ("search", ["--model-name-or-path", "@tokenizer_only"], [],
                                    r"tokenizer_only is not a Hugging Face model folder: no config.json"),
     "labels of mixed types": ("search", ["--train-file", "@mixed"], [],

@@ -302,3 +302,14 @@ def test_a_hub_test_split_with_hidden_labels_is_unlabeled(monkeypatch, tokenizer
     assert splits["test"].column_names == ["sentence"] and "label" in splits["validation"].column_names
     task = build_task(config, tokenizer)
     assert "labels" not in task.test.column_names and "labels" in task.evaluation.column_names
+
+
+def test_a_hub_test_split_with_tag_lists_keeps_them(monkeypatch):
+    """Token classification tags named "labels" are lists: not hidden labels, and no error comparing them."""
+    import datasets
+
+    rows = [{"tokens": ["a", "b"], "labels": ["O", "B"]}, {"tokens": ["c"], "labels": ["O"]}]
+    hub = datasets.DatasetDict({split: datasets.Dataset.from_list(rows) for split in ("train", "validation", "test")})
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: hub)
+    splits = load_raw_splits(DataConfig(dataset_name="conll"))
+    assert splits["test"]["labels"] == [["O", "B"], ["O"]]

@@ -37,3 +37,19 @@ def test_two_ranks_equal_one_process_on_the_whole_batch(method, tmp_path):
     moved = [name for name in reference if name.startswith("log_decay") and not torch.equal(reference[name],
                                                                                           torch.tensor(-3.0, dtype=torch.float64))]
     assert moved
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+def test_ranks_that_disagree_on_stopping_all_stop_at_the_first_request(tmp_path):
+    out = tmp_path / "result.pt"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(WORKER), two_level_mlp.EARLY_STOP, str(out)]
+    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    reference = two_level_mlp.run("first_order", *two_level_mlp.make_data(), outer_steps=6,
+                                  stop_at=min(two_level_mlp.EARLY_STOP_AT))
+    assert len(reference["history.outer_loss"]) == 3
+    for result in torch.load(out):
+        for name in reference:
+            torch.testing.assert_close(result[name], reference[name], rtol=1e-6, atol=1e-9)

@@ -7,7 +7,7 @@ import sys
 import torch
 
 import bilevel
-from bilevel.distributed import shard
+from bilevel.distributed import rank as shard_rank, shard
 
 BATCH = 16
 
@@ -43,11 +43,13 @@ METHODS = {
 }
 # Engine settings besides the defaults: SOBA's inner step takes the inner gradient averaged in its products' collective
 CONFIGS = {"soba_paper_order": {"reuse_inner_gradient": True}}
+EARLY_STOP, EARLY_STOP_AT = "first_order_early_stop", (3, 5)  # on_step asks rank 0 to stop at step 3, rank 1 at 5
 
 
-def run(method, train_batch, val_batch, outer_steps=2):
+def run(method, train_batch, val_batch, outer_steps=2, stop_at=None):
     """Two outer steps from a fixed initialisation; returns the final parameters of both levels and the logged
-    losses (``history.inner_loss``, ``history.outer_loss``), which under torchrun must be global means too."""
+    losses (``history.inner_loss``, ``history.outer_loss``), which under torchrun must be global means too.
+    ``stop_at``: the step at which ``on_step`` asks this process to stop."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).double()
     log_decay = {f"log_decay.{name}": torch.full((), -3.0, dtype=torch.float64, requires_grad=True)
@@ -56,7 +58,8 @@ def run(method, train_batch, val_batch, outer_steps=2):
     validate = Validate(params=log_decay, optimizer=lambda p: torch.optim.Adam(p, lr=0.05), data=[val_batch])
     engine = bilevel.Engine(train, validate, METHODS[method],
                             bilevel.EngineConfig(outer_steps=outer_steps, progress=False, log_every=1,
-                                                 **CONFIGS.get(method, {})))
+                                                 **CONFIGS.get(method, {})),
+                            on_step=None if stop_at is None else lambda engine, step: step == stop_at)
     engine.run()
     losses = {f"history.{key}": torch.tensor([value for _, value in engine.history.series(key)], dtype=torch.float64)
               for key in ("inner_loss", "outer_loss")}
@@ -69,7 +72,10 @@ def main(method, out):
     train_batch, val_batch = make_data()
     local_train = tuple(shard(t) for t in train_batch)
     local_val = tuple(shard(t) for t in val_batch)
-    result = run(method, local_train, local_val)
+    if method == EARLY_STOP:  # the ranks disagree on when to stop: every rank must stop at the first request
+        result = run("first_order", local_train, local_val, outer_steps=6, stop_at=EARLY_STOP_AT[shard_rank()])
+    else:
+        result = run(method, local_train, local_val)
     gathered = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(gathered, result)
     if torch.distributed.get_rank() == 0:

@@ -59,3 +59,17 @@ def test_empty_data_and_a_used_up_iterator_are_told_apart():
     with pytest.raises(ValueError, match=r"^train: data is an iterator, used up after one pass; pass an iterable "
                                          r"that restarts \(a DataLoader, a list\), or an endless generator$"):
         stream.next()
+
+
+def test_a_distributed_sampler_inside_a_batch_sampler_given_as_sampler_gets_its_pass_number():
+    """The DataLoader of docs/engine.md for tensor data: BatchSampler(DistributedSampler) as ``sampler=``."""
+    sampler = BatchSampler(DistributedSampler(range(ROWS), num_replicas=1, rank=0, shuffle=True, seed=3), 4, False)
+    rows = drawn(DataStream(DataLoader(torch.arange(ROWS), sampler=sampler, batch_size=None), "train"), 6)
+    assert [rows[:ROWS], rows[ROWS:]] == [order_of_epoch(0), order_of_epoch(1)]
+
+
+def test_an_empty_iterator_is_empty_data_not_a_used_up_one():
+    import pytest
+
+    with pytest.raises(ValueError, match="yields no batches"):
+        DataStream(iter([]), "train").next()

@@ -1,4 +1,5 @@
 """Engine features for long runs: autocast, gradient clipping, learning-rate schedulers."""
+import numpy as np
 import pytest
 import torch
 
@@ -105,3 +106,15 @@ def test_on_step_returning_true_stops_the_run_there_and_checkpoints_that_step(tm
     plain.on_step = lambda engine, step: steps.append(step)  # returns None: no stop
     plain.run()
     assert steps == [1, 2, 3]
+
+
+@pytest.mark.parametrize("answer", [1, np.bool_(True), torch.tensor(True)], ids=["int", "numpy", "tensor"])
+def test_a_stopped_run_ends_as_a_finished_one_logged_and_validated_at_its_last_step(answer):
+    engine = make_engine(outer_steps=20, log_every=5, validate_every=5)
+    engine.on_validate = lambda engine: {"decay": float(engine.outer.stored_params["log_decay"].detach())}
+    engine.on_step = lambda engine, step: answer if step == 7 else None
+    history = engine.run()
+    assert engine.step == 7
+    assert [step for step, _ in history.series("outer_loss")] == [5, 7]
+    assert [step for step, _ in history.series("val_decay")] == [5, 7]
+    assert history.last("val_decay") == float(engine.outer.stored_params["log_decay"].detach())

@@ -15,13 +15,6 @@ def _looks_like_path(name_or_path: str) -> bool:
     return name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1 or "\\" in name_or_path
 
 
-def _has_tokenizer_files(folder: str) -> bool:
-    """Whether ``folder`` holds a vocabulary: a fast tokenizer's tokenizer.json, a WordPiece/BPE vocab.*, or a
-    sentencepiece/tiktoken model. Without one, transformers builds a tokenizer that knows almost no tokens."""
-    return any(name == "tokenizer.json" or name.startswith("vocab.") or name.endswith((".model", ".tiktoken"))
-               for name in os.listdir(folder))
-
-
 def from_pretrained(loader, name_or_path: str, what: str, **kwargs):
     """`loader.from_pretrained` with clear errors: a missing folder is named, not looked up on the hub."""
     if not os.path.isdir(name_or_path) and _looks_like_path(name_or_path):
@@ -42,11 +35,13 @@ def load_tokenizer(name_or_path: str, **kwargs):
     """
     from transformers import AutoTokenizer
 
-    if (os.path.isfile(os.path.join(name_or_path, "config.json")) and not _has_tokenizer_files(name_or_path)):
-        raise FileNotFoundError(f"load_tokenizer: {name_or_path} has no tokenizer files (tokenizer.json, vocab.txt, "
-                                "vocab.json or a sentencepiece .model); save the tokenizer there too "
-                                "(tokenizer.save_pretrained(folder))")
     tokenizer = from_pretrained(AutoTokenizer, name_or_path, "load_tokenizer", **kwargs)
+    special = len(set(tokenizer.all_special_tokens))
+    if len(tokenizer) <= special:  # a folder without the tokenizer's files: transformers builds one all the same
+        raise FileNotFoundError(f"load_tokenizer: {name_or_path} gives a tokenizer that knows only its {special} "
+                                "special token(s): the tokenizer's files (tokenizer.json, vocab.txt, vocab.json + "
+                                "merges.txt, a sentencepiece .model, ...) are missing; save the tokenizer there too "
+                                "(tokenizer.save_pretrained(folder))")
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ValueError(f"load_tokenizer: {name_or_path} has neither a pad nor an eos token; "
