@@ -49,9 +49,11 @@ class Engine:
         self._method_request = method
         self.method = self._current_method()
         self.on_validate, self.on_step = on_validate, on_step
-        overlap = set(map(id, inner.stored_params.values())) & set(map(id, outer.stored_params.values()))
-        if overlap:
-            raise ValueError("Engine: the inner and outer levels share parameters; each parameter belongs to one level")
+        outer_ids = set(map(id, outer.stored_params.values()))
+        shared = [name for name, p in inner.stored_params.items() if id(p) in outer_ids]
+        if shared:
+            raise ValueError(f"Engine: the inner and outer levels share parameters ({', '.join(shared)}, by their inner "
+                             "names); each parameter belongs to one level")
         self.history = MetricsHistory(self.config.tensorboard_dir)
         self._autocast_dtype = getattr(torch, self.config.autocast_dtype) if self.config.autocast_dtype else None
         device = next(iter(inner.stored_params.values())).device.type
@@ -258,9 +260,14 @@ class Engine:
         return {"step": self.step, "inner": self.inner.state_dict(), "outer": self.outer.state_dict(),
                 "method_state": self.method_state, "history": self.history.state_dict(),
                 "last_inner_batch": self._last_inner_batch, "scaler": self._scaler.state_dict(),
-                "rng": _checkpoint.rng_state()}
+                "rng": _checkpoint.rng_state(), "method": self.method.name}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
+        saved = state.get("method")  # absent from checkpoints written before it was recorded
+        if saved is not None and saved != self.method.name:
+            raise ValueError(f"Engine: the checkpoint was written by method '{saved}' and this run uses "
+                             f"'{self.method.name}', whose state it cannot continue; resume with method '{saved}', "
+                             "or start the new method in another checkpoint_dir")
         self.inner.load_state_dict(state["inner"])
         self.outer.load_state_dict(state["outer"])
         self.step, self.method_state = state["step"], state["method_state"]

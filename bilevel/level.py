@@ -111,6 +111,15 @@ class Level:
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Restore :meth:`state_dict`; the data iterator is re-created and advanced to the saved position."""
+        mismatched = [f"'{name}' {tuple(value.shape)} (this run: "
+                      f"{tuple(self._params[name].shape) if name in self._params else 'absent'})"
+                      for name, value in state["params"].items()
+                      if name not in self._params or self._params[name].shape != value.shape]
+        missing = sorted(set(self._params) - set(state["params"]))
+        if mismatched or missing:
+            raise ValueError(f"{self.name}: the checkpoint's parameters do not fit this run's: "
+                             + "; ".join(mismatched + [f"'{name}' absent from the checkpoint" for name in missing])
+                             + "; resume with the model the checkpoint was written with, or use another checkpoint_dir")
         with torch.no_grad():
             for name, value in state["params"].items():
                 self._params[name].copy_(value)

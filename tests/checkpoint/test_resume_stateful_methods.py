@@ -91,3 +91,18 @@ def test_validation_leaves_the_runs_randomness_alone(tmp_path):
     for engine in (validated, resumed):
         for key, value in final_state(plain).items():
             assert torch.equal(value, final_state(engine)[key]), key
+
+
+def test_a_checkpoint_resumed_under_another_method_or_model_is_refused_in_one_line(tmp_path):
+    first = quadratic_engine(METHODS["soba"], outer_steps=3, checkpoint_dir=str(tmp_path))
+    first.run()
+    other = quadratic_engine(METHODS["f2sa"], outer_steps=6, checkpoint_dir=str(tmp_path), resume=True)
+    with pytest.raises(ValueError, match=r"^Engine: the checkpoint was written by method 'soba' and this run uses "
+                                         r"'f2sa', whose state it cannot continue; resume with method 'soba', or start "
+                                         r"the new method in another checkpoint_dir$"):
+        other.run()
+    bigger = quadratic_engine(METHODS["soba"], outer_steps=6, checkpoint_dir=str(tmp_path), resume=True)
+    bigger.outer.stored_params["x"].data = torch.zeros(7, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"^Outer: the checkpoint's parameters do not fit this run's: 'x' \(\d+,\) "
+                                         r"\(this run: \(7,\)\); resume with the model"):
+        bigger.run()

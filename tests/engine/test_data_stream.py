@@ -73,3 +73,16 @@ def test_an_empty_iterator_is_empty_data_not_a_used_up_one():
 
     with pytest.raises(ValueError, match="yields no batches"):
         DataStream(iter([]), "train").next()
+
+
+def test_a_loader_with_its_own_generator_is_restored_to_the_same_order():
+    def loader():
+        return DataLoader(range(ROWS), batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(123))
+
+    stream = DataStream(loader(), "train")
+    drawn(stream, 4)  # into the second pass
+    position = stream.state_dict()
+    expected = drawn(stream, 5)
+    restored = DataStream(loader(), "train")
+    restored.load_state_dict(position)
+    assert drawn(restored, 5) == expected

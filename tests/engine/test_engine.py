@@ -172,7 +172,7 @@ def test_real_steps_of_one_level_never_change_the_other(method):
 
 def test_engine_rejects_shared_parameters_and_missing_optimizers():
     net = WeightedNet(4, 2)
-    with pytest.raises(ValueError, match="share parameters"):
+    with pytest.raises(ValueError, match=r"share parameters \(log_weight, by their inner names\)"):
         bilevel.Engine(SharedLower(module=net, optimizer=lambda p: torch.optim.SGD(p, lr=0.1)),
                        SharedUpper(module=net, params=["log_weight"], optimizer=lambda p: torch.optim.SGD(p, lr=0.1)))
     with pytest.raises(ValueError, match="no optimizer"):
