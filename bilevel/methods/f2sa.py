@@ -1,15 +1,18 @@
 """F2SA: a fully first-order penalty method with a second copy of the inner variables (Kwon et al., ICML 2023)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
 from .. import params as P
 from ..autodiff import loss_gradients, per_step_batches
+from ..solvers.base import SolverDivergedError
 from ..validation import require_decay_exponent, require_positive, require_positive_integer
 from .base import HypergradientMethod, HypergradientResult, register
 
 Y_STEPS = ("lr/multiplier", "lr")
+BLOWUP = 1e6  # |y - z| beyond this times (|z| + 1): y's steps diverge
 
 
 @register("f2sa")
@@ -29,8 +32,9 @@ class F2SA(HypergradientMethod):
     alpha_k = lr * (k+1)^-decay (``y_step="lr"``, the paper's alpha_k, whose theorems need alpha_k lambda_k bounded:
     grow lambda slower than alpha decays). For a fixed lambda, h is the gradient of min_y L_lambda when y and z are
     converged, and it differs from the implicit hypergradient by O(1/lambda): the outer iterates reach x* only as
-    lambda grows. The default y step makes the y-problem (curvature about lambda_k times g's) as stable as the inner
-    one whatever lambda is; ``lr=None`` takes the inner optimizer's live learning rate. The paper gives rates for its
+    lambda grows. The default y step makes the y-problem as stable as the inner one whatever lambda is, as long as its
+    curvature is about lambda_k times g's (f's own curvature small next to it); a y that diverges raises
+    ``SolverDivergedError``; ``lr=None`` takes the inner optimizer's live learning rate. The paper gives rates for its
     schedules (stochastic case: alpha_k ~ k^-5/7, lambda_k ~ k^1/7), not constants: the defaults lambda_0 = 10, no
     growth, constant steps and one y step per outer step are ours.
 
@@ -92,6 +96,8 @@ class F2SA(HypergradientMethod):
             _, (outer_y,) = loss_gradients(outer_loss, y, fixed_x, outer_b, (y,))
             _, (inner_y,) = loss_gradients(inner_loss, y, fixed_x, inner_b, (y,))
             y = P.detached(P.add(y, P.add(outer_y, inner_y, penalty), -alpha))
+        if steps:
+            self._check_y(y, inner_params, alpha, penalty, calls)
         at = P.detached(y, requires_grad=True)  # a loss that ignores x still has a graph
         outer, (outer_x,) = loss_gradients(outer_loss, at, outer_params, outer_last, (outer_params,))
         _, (at_y,) = loss_gradients(inner_loss, at, outer_params, inner_last, (outer_params,))
@@ -101,4 +107,14 @@ class F2SA(HypergradientMethod):
                        "outer_loss": outer}
         grown = penalty + self.multiplier_growth * (calls + 1) ** -self.multiplier_growth_decay
         return HypergradientResult(grads, diagnostics, {"y": y, "calls": calls + 1, "multiplier": grown})
+
+    def _check_y(self, y, z, alpha: float, penalty: float, calls: int) -> None:
+        """Refuse a y whose steps diverge: the step alpha times the curvature of f + lambda g must stay below 2, and
+        the default lr / lambda ensures that only while f's curvature is small next to lambda times g's."""
+        gap, size = float(P.norm(P.sub(y, P.detached(z)))), float(P.norm(P.detached(z)))
+        if not math.isfinite(gap) or gap > BLOWUP * (size + 1.0):
+            raise SolverDivergedError(
+                f"F2SA: the second inner copy y diverged at call {calls + 1} (|y - z| = {gap:.3g}, |z| = {size:.3g}): "
+                f"its step {alpha:.3g} is too large for the curvature of f + {penalty:.3g} g; pass a smaller lr, e.g. "
+                f"lr={self.lr / 4:.3g}, or a larger multiplier")
 

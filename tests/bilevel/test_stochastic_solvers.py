@@ -203,3 +203,24 @@ def test_gradient_descent_solver_from_zero_is_the_neumann_series_and_from_a_star
     assert torch.allclose(moved["q"] - exact, contraction @ (start["q"] - exact), rtol=1e-13, atol=1e-15)
     with pytest.raises(bilevel.solvers.SolverDivergedError, match="smaller step"):
         bilevel.solvers.GradientDescentSolver(iterations=30, step=1.0)(matvec, b)
+
+
+def test_f2sa_whose_y_steps_diverge_says_so_instead_of_running_on():
+    """f's curvature (50) far above lambda times g's (1): the y step lr / lambda = 0.5 times the curvature of
+    f + lambda g (51) is 25.5 > 2, so y grows about 24.5-fold per step while z (step 0.5, curvature 1) is stable."""
+    def inner_loss(w, x, batch):
+        return 0.5 * (w["w"] ** 2).sum()
+
+    def outer_loss(w, x, batch):
+        return 25.0 * ((w["w"] - x["x"]) ** 2).sum()
+
+    w, x = {"w": torch.ones(3, dtype=torch.float64)}, {"x": torch.zeros(3, dtype=torch.float64)}
+    method, state = F2SA(lr=0.5, multiplier=1.0), None
+    with pytest.raises(bilevel.solvers.SolverDivergedError,
+                       match=r"^F2SA: the second inner copy y diverged at call \d+ \(\|y - z\| = .*\): its step 0.5 "
+                             r"is too large for the curvature of f \+ 1 g; pass a smaller lr, e.g. lr=0.125, or a "
+                             r"larger multiplier$"):
+        for _ in range(20):
+            result = bilevel.hypergradient(inner_loss, outer_loss, w, x, None, None, method, state=state,
+                                           return_result=True)
+            state = result.state

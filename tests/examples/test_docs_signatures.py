@@ -57,5 +57,13 @@ def test_methods_page_signatures(registered, cls, text):
     assert_same(f"methods.md {cls}", documented(text), actual(method))
 
 
+SOLVER_BULLETS = re.findall(r"^- `(\w+Solver)\((.*?)\)`", (DOCS / "api.md").read_text(), re.M)
+
+
+@pytest.mark.parametrize("cls, text", SOLVER_BULLETS, ids=[name for name, _ in SOLVER_BULLETS])
+def test_solver_bullets_signatures(cls, text):
+    assert_same(f"api.md {cls}", documented(text), actual(getattr(bilevel.solvers, cls)))
+
+
 def test_the_pages_have_signatures_to_check():
-    assert len(API_BLOCKS) >= 10 and len(METHOD_BULLETS) >= 7
+    assert len(API_BLOCKS) >= 10 and len(METHOD_BULLETS) >= 7 and len(SOLVER_BULLETS) >= 4
