@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from collections.abc import Mapping
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
@@ -221,8 +222,20 @@ class Engine:
 
     def _log_validation(self) -> None:
         metrics = self._validate()
-        if metrics:
-            self.history.log(self.step, **{f"val_{k}": float(v) for k, v in metrics.items()})
+        if metrics is None:
+            return
+        if not isinstance(metrics, Mapping):
+            raise TypeError(f"Engine: on_validate must return a dict of numbers or None, got "
+                            f"{type(metrics).__name__} ({metrics!r:.40}); return e.g. {{'loss': value}}")
+        values = {}
+        for key, value in metrics.items():
+            try:
+                values[f"val_{key}"] = float(value)
+            except (TypeError, ValueError):
+                raise TypeError(f"Engine: on_validate returned {key!r}: {value!r:.40}, which is not a number; "
+                                "return numbers (or one-element tensors)") from None
+        if values:
+            self.history.log(self.step, **values)
 
     def _stop_requested(self) -> bool:
         """Call ``on_step``; a value that is not None and is true (True, 1, a true NumPy or tensor bool) asks to stop.

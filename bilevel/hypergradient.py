@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
 import torch
@@ -43,6 +44,10 @@ def hypergradient(inner_loss: Callable, outer_loss: Callable, inner_params: Para
     if missing:
         raise ValueError(f"hypergradient: method '{method.name}' models the inner optimizer's step and needs "
                          f"{', '.join(missing)}; pass inner_lr=... (the inner learning rate) or set it on the method")
+    for argument, value in (("inner_params", inner_params), ("outer_params", outer_params)):
+        if not isinstance(value, Mapping):
+            raise TypeError(f"hypergradient: {argument} must be a dict of named tensors, got {type(value).__name__}; "
+                            f"wrap it, e.g. {{'w': tensor}} (the losses then read params['w'])")
     if not outer_params:
         raise ValueError("hypergradient: outer_params is empty; pass the dict of parameters to differentiate")
     if not inner_params:

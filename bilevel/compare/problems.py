@@ -17,6 +17,7 @@ scikit-learn and transformers are imported only by the problems that need them.
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional
@@ -109,6 +110,10 @@ def make_problem(name: str, seed: int = 0) -> BilevelProblem:
     if not callable(factory):
         raise ValueError(f"problem '{name}': {attribute} is a {type(factory).__name__}, not a function; name a "
                          "function that takes seed= and returns a BilevelProblem")
+    if "seed" not in inspect.signature(factory).parameters and not any(
+            p.kind is p.VAR_KEYWORD for p in inspect.signature(factory).parameters.values()):
+        raise ValueError(f"problem '{name}': {attribute} takes no seed; define it as {attribute}(seed=0) -> "
+                         "BilevelProblem (--seed is passed to it)")
     return _checked(factory(seed=seed), name)
 
 

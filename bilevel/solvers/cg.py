@@ -51,10 +51,11 @@ class ConjugateGradientSolver:
             matvecs += 1
             curvature = P.dot(p, ap)
             if curvature <= 0:
-                warn_caller(f"ConjugateGradient: non-positive curvature p^T H p = {float(curvature):.3g} at "
-                              f"iteration {iteration}; the inner Hessian is not positive definite here (the inner "
-                              "parameters are not at a minimum). Returning the current iterate; add damping or train "
-                              "the inner level closer to its optimum.")
+                # one text whatever the numbers, so Python's default filter shows it once per call site, not per step
+                warn_caller("ConjugateGradient: non-positive curvature p^T H p <= 0; the inner Hessian is not positive "
+                            "definite here (the inner parameters are not at a minimum). Returning the current iterate; "
+                            "add damping larger than minus the Hessian's most negative eigenvalue, or train the inner "
+                            "level closer to its optimum.")
                 break
             step = rr / curvature
             x = P.add(x, p, step)

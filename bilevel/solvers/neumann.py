@@ -72,8 +72,17 @@ class NeumannSolver:
         if not math.isfinite(residual) or residual > self.blowup:
             raise SolverDivergedError(f"Neumann: the series diverged (relative residual {residual:.3g} after "
                                       f"{self.iterations} terms with step {step:.3g}); pass a smaller step, "
-                                      f"e.g. step={step / 4:.3g}")
+                                      f"e.g. {self._safe_step(matvec, b, step)}")
         if residual > 1.0:
             warn_caller(f"Neumann: the residual grew to {residual:.3g} x ||b|| with step {step:.3g}; the step is "
                           "too large or the inner Hessian has negative eigenvalues; pass a smaller step")
         return P.scale(total, step), SolveInfo(self.iterations, matvecs, residual, residual <= self.tol)
+
+    def _safe_step(self, matvec, b, step: float) -> str:
+        """A step to suggest after a divergence: 1 / lambda_max estimated now (the series converges for steps below
+        2 / lambda_max), when the step was given and the estimate is positive; else a quarter of the step."""
+        if self.step is not None:
+            top, _ = largest_eigenvalue(matvec, b, self.power_iterations)
+            if top > 0:
+                return f"step={1.0 / top:.3g} (1 / the largest Hessian eigenvalue, {top:.3g}), or step=None"
+        return f"step={step / 4:.3g}"

@@ -1,5 +1,7 @@
 """Hypergradient methods against closed forms: ridge regression (scalar and per-feature L2), a quadratic bilevel
 problem, and the K-step SGD unroll recursion dw_{t+1}/dlambda = (I - eta A) dw_t/dlambda - eta diag(w_t)."""
+import re
+
 import pytest
 import torch
 
@@ -95,12 +97,27 @@ def test_cg_warns_on_non_positive_curvature():
         hypergradient(problem, ConjugateGradient(iterations=10), problem.w_star(x), x)
 
 
+def test_cg_warns_once_per_call_site_not_once_per_step():
+    import warnings
+
+    problem = _saddle_problem()
+    x = problem.x0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # Python's default action: once per message and location
+        for _ in range(5):
+            hypergradient(problem, ConjugateGradient(iterations=10), problem.w_star(x) + 0.01 * _, x)
+    assert len([w for w in caught if "non-positive curvature" in str(w.message)]) == 1
+
+
 def test_neumann_too_large_step_raises_suggesting_smaller_step():
     problem = Ridge(per_feature=True)
     x = problem.x0
     _, high = _eigenvalue_range(problem)
-    with pytest.raises(SolverDivergedError, match="smaller step"):
+    with pytest.raises(SolverDivergedError, match="smaller step") as raised:
         hypergradient(problem, Neumann(iterations=60, step=3.0 / high), problem.w_star(x), x)
+    suggested = float(re.search(r"e\.g\. step=([\d.e+-]+) \(1 / the largest Hessian eigenvalue", str(raised.value))[1])
+    assert abs(suggested * high - 1) < 1e-2  # one try: 1 / lambda_max, inside the series' range (0, 2 / lambda_max)
+    hypergradient(problem, Neumann(iterations=60, step=suggested), problem.w_star(x), x)
 
 
 @pytest.mark.parametrize("problem", [Ridge(per_feature=True), Ridge(per_feature=False)], ids=["per_feature", "scalar"])

@@ -76,3 +76,13 @@ def test_a_method_that_models_the_inner_step_asks_for_its_learning_rate(name):
     given = bilevel.hypergradient(g, f, inner, outer, None, None, name, inner_lr=0.1)
     explicit = bilevel.hypergradient(g, f, inner, outer, None, None, bilevel.methods.get(name, lr=0.1))
     torch.testing.assert_close(given, explicit, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("argument", ["inner_params", "outer_params"])
+def test_a_bare_tensor_for_a_parameter_dict_is_named(argument):
+    g, f, inner, outer = quadratic()
+    given = {"inner_params": inner, "outer_params": outer}
+    given[argument] = next(iter(given[argument].values()))
+    with pytest.raises(TypeError, match=rf"^hypergradient: {argument} must be a dict of named tensors, got Tensor; "
+                                        r"wrap it, e.g. \{'w': tensor\}"):
+        bilevel.hypergradient(g, f, given["inner_params"], given["outer_params"], None, None, "cg")

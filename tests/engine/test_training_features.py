@@ -118,3 +118,15 @@ def test_a_stopped_run_ends_as_a_finished_one_logged_and_validated_at_its_last_s
     assert [step for step, _ in history.series("outer_loss")] == [5, 7]
     assert [step for step, _ in history.series("val_decay")] == [5, 7]
     assert history.last("val_decay") == float(engine.outer.stored_params["log_decay"].detach())
+
+
+@pytest.mark.parametrize("returned, message", [
+    (0.9, r"^Engine: on_validate must return a dict of numbers or None, got float \(0.9\); return e.g. "
+          r"\{'loss': value\}$"),
+    ({"acc": "high"}, r"^Engine: on_validate returned 'acc': 'high', which is not a number; return numbers"),
+])
+def test_an_on_validate_that_returns_no_numbers_is_named(returned, message):
+    engine = make_engine(outer_steps=1)
+    engine.on_validate = lambda engine: returned
+    with pytest.raises(TypeError, match=message):
+        engine.run()
