@@ -14,12 +14,13 @@ from __future__ import annotations
 import numpy as np
 
 CHECKPOINTS = (100, 1_000, 10_000, 100_000)
+EIGENVALUES = (1.0, 4.0)  # the inner Hessian's spectrum; its top is the inner steps' Lipschitz constant
 
 
 def problem(seed=0, n=10, m=4, rho=0.5):
     rng = np.random.default_rng(seed)
     q, _ = np.linalg.qr(rng.standard_normal((n, n)))
-    a = q @ np.diag(np.linspace(1.0, 4.0, n)) @ q.T
+    a = q @ np.diag(np.linspace(*EIGENVALUES, n)) @ q.T
     b, t = rng.standard_normal((n, m)) / np.sqrt(n), rng.standard_normal(n)
     mapping = np.linalg.solve(a, b)
     x_star = np.linalg.solve(mapping.T @ mapping + rho * np.eye(m), mapping.T @ t)
@@ -28,7 +29,7 @@ def problem(seed=0, n=10, m=4, rho=0.5):
 
 def run(restart: bool, inner_steps: int, decay: bool, eta=0.5, seed=0) -> dict:
     a, b, t, rho, x_star = problem(seed)
-    lipschitz = 4.0
+    lipschitz = EIGENVALUES[1]
     w, x = np.zeros(len(a)), np.zeros(b.shape[1])
     theta = w.copy()
     errors = {}

@@ -118,7 +118,7 @@ def logreg(seed=0, train=50_000, validation=10_000, features=22):
 
 
 def datacleaning(seed=0, train=1000, validation=400, corrupted=0.5):
-    """scikit-learn's digits (64 features, 10 classes; 797 test rows)."""
+    """scikit-learn's digits (64 features, 10 classes; the 1,797 rows minus train and validation are test rows)."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -135,7 +135,9 @@ def datacleaning_wide(seed=0, features=1000, classes=100, train=5000, validation
     gen = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, classes, (train + validation + test,), generator=gen)
     means = torch.randn(classes, features, generator=gen, dtype=DT)
-    rows = (means[labels] + 2.0 * torch.randn(len(labels), features, generator=gen, dtype=DT)) * 3 / (5 * features) ** 0.5
+    noise = 2.0  # a row's squared norm is about (1 + noise^2) * features before scaling to norm 3
+    rows = means[labels] + noise * torch.randn(len(labels), features, generator=gen, dtype=DT)
+    rows = rows * 3 / ((1 + noise ** 2) * features) ** 0.5
     return _datacleaning(rows, labels, classes, gen, train, validation, corrupted)
 
 

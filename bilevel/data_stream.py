@@ -44,12 +44,14 @@ class DataStream:
         return batch
 
     def _start_pass(self) -> None:
+        """Record what the pass's order is drawn from, then begin it: the same steps whether the pass is new or
+        re-created by ``load_state_dict`` from the recorded states."""
         self._epoch += 1
-        for part in _epoch_aware_parts(self.data):
-            part.set_epoch(self._epoch)
         self._epoch_rng = torch.random.get_rng_state()
         self._generator_states = [generator.get_state() for generator in _own_generators(self.data)]
         self._data_state = self.data.state_dict() if hasattr(self.data, "state_dict") else None
+        for part in _epoch_aware_parts(self.data):
+            part.set_epoch(self._epoch)
         self._iterator = iter(self.data)
         self._drawn = 0
 
@@ -65,7 +67,11 @@ class DataStream:
         self._epoch = position.get("epoch", 0) - 1  # _start_pass steps it to the saved pass
         current = torch.random.get_rng_state()
         torch.random.set_rng_state(position["epoch_rng"])
-        for generator, state in zip(_own_generators(self.data), position.get("generators") or []):
+        generators, states = _own_generators(self.data), position.get("generators")
+        if states is not None and len(states) != len(generators):
+            raise ValueError(f"{self.owner}: the checkpoint's data had {len(states)} generator(s) of its own and this "
+                             f"run's has {len(generators)}; resume with the data loader the checkpoint was written with")
+        for generator, state in zip(generators, states or []):
             generator.set_state(state)
         if position.get("state") is not None:
             self.data.load_state_dict(position["state"])

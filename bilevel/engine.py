@@ -40,7 +40,7 @@ class Engine:
     def __init__(self, inner: Level, outer: Level, method: Any = "finite_difference",
                  config: Optional[EngineConfig] = None,
                  on_validate: Optional[Callable[["Engine"], Optional[Dict[str, float]]]] = None,
-                 on_step: Optional[Callable[["Engine", int], Optional[bool]]] = None):
+                 on_step: Optional[Callable[["Engine", int], Any]] = None):
         self.inner, self.outer = inner, outer
         inner.outer, outer.inner = outer, inner
         self.config = config or EngineConfig()
@@ -57,8 +57,9 @@ class Engine:
                              "names); each parameter belongs to one level")
         self.history = MetricsHistory(self.config.tensorboard_dir)
         self._autocast_dtype = getattr(torch, self.config.autocast_dtype) if self.config.autocast_dtype else None
-        device = next(iter(inner.stored_params.values())).device.type
-        self._device_type = device
+        self._device = next(iter(inner.stored_params.values())).device  # where the stop flag is all-reduced
+        device = self._device_type = self._device.type
+        self._stop = False
         self._scaler = torch.amp.GradScaler(device, enabled=self._autocast_dtype is torch.float16)
         self.step = 0
         self.method_state: Any = None
@@ -198,6 +199,8 @@ class Engine:
                 (config.validate_every and self.step % config.validate_every == 0) or last)
             if validated:
                 self._log_validation()
+            if self.on_step is not None:
+                self.on_step(self, self.step)
             stop = self._stop_requested()
             if stop and not logged:  # a stopped run ends as a finished one: its last step logged and validated
                 self._log(result, inner_loss, bar)
@@ -237,17 +240,20 @@ class Engine:
         if values:
             self.history.log(self.step, **values)
 
+    def stop(self) -> None:
+        """Ask the run to end after the current outer step (call it from ``on_step`` or ``on_validate``): the step is
+        logged, validated and checkpointed as a last step is, and ``run()`` returns. A flag, not ``on_step``'s return
+        value, so that a callback returning something (``file.write``'s count, ``tqdm.update``'s flag) stops nothing."""
+        self._stop = True
+
     def _stop_requested(self) -> bool:
-        """Call ``on_step``; a value that is not None and is true (True, 1, a true NumPy or tensor bool) asks to stop.
-        Under torchrun the run stops when any rank asks, so that every rank stops at the same step."""
-        if self.on_step is None:
-            return False
-        answer = self.on_step(self, self.step)
-        device = next(iter(self.inner.stored_params.values())).device
-        return any_across_ranks(answer is not None and bool(answer), device)
+        """Whether ``stop()`` was called during this step; under torchrun the run stops when any rank asked, so that
+        every rank stops at the same step."""
+        asked, self._stop = self._stop, False
+        return any_across_ranks(asked, self._device)
 
     def _validate(self) -> Optional[Dict[str, float]]:
-        """``on_validate`` with every random generator restored afterwards: what a validation draws (a sampled
+        """``on_validate`` with the global random generators (torch's, NumPy's, Python's) restored afterwards: what a validation draws (a sampled
         subset, dropout in train mode) leaves the run's random stream as it was, so neither the validation schedule nor
         the validation a run makes at its last step, which a resumed run does not, changes where training goes."""
         saved = _checkpoint.rng_state()
@@ -281,6 +287,8 @@ class Engine:
             raise ValueError(f"Engine: the checkpoint was written by method '{saved}' and this run uses "
                              f"'{self.method.name}', whose state it cannot continue; resume with method '{saved}', "
                              "or start the new method in another checkpoint_dir")
+        self.inner.check_state(state["inner"])  # both levels checked before either is touched
+        self.outer.check_state(state["outer"])
         self.inner.load_state_dict(state["inner"])
         self.outer.load_state_dict(state["outer"])
         self.step, self.method_state = state["step"], state["method_state"]

@@ -109,8 +109,8 @@ class Level:
             "data": None if self._stream is None else self._stream.state_dict(),
         }
 
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`; the data iterator is re-created and advanced to the saved position."""
+    def check_state(self, state: Dict[str, Any]) -> None:
+        """Refuse, in one line, a saved state whose parameters are not this level's (names or shapes)."""
         mismatched = [f"'{name}' {tuple(value.shape)} (this run: "
                       f"{tuple(self._params[name].shape) if name in self._params else 'absent'})"
                       for name, value in state["params"].items()
@@ -120,6 +120,10 @@ class Level:
             raise ValueError(f"{self.name}: the checkpoint's parameters do not fit this run's: "
                              + "; ".join(mismatched + [f"'{name}' absent from the checkpoint" for name in missing])
                              + "; resume with the model the checkpoint was written with, or use another checkpoint_dir")
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; the data iterator is re-created and advanced to the saved position."""
+        self.check_state(state)
         with torch.no_grad():
             for name, value in state["params"].items():
                 self._params[name].copy_(value)

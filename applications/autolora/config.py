@@ -234,15 +234,26 @@ class SearchConfig(_JsonConfig):
         if self.selection_split == "validation":
             self._check_method()
 
+    def method_spec(self):
+        """The hypergradient method as a checked ``bilevel.MethodSpec`` (an unknown name or setting raises here).
+        Settings it leaves out that the method declares (the inner learning rate; an unroll's optimizer) follow the
+        LoRA weights' optimizer: the Engine fills them before every step."""
+        import bilevel
+
+        spec = bilevel.MethodSpec(self.method, dict(self.method_kwargs))
+        spec.build(inner_lr=self.learning_rate)
+        return spec
+
     def _check_method(self) -> None:
         """Build the method once, so that an unknown name or setting fails here, before any model is loaded."""
         import bilevel
 
-        field_name = "method_kwargs" if self.method in bilevel.methods.names() else "method"
+        known = self.method.lower() in bilevel.methods.names()  # names are looked up case-insensitively
         try:
-            bilevel.MethodSpec(self.method, dict(self.method_kwargs)).build(inner_lr=self.learning_rate)
+            self.method_spec()
         except (TypeError, ValueError) as error:
-            raise FieldError(type(self).__name__, field_name, f"is not usable: {error}") from None
+            raise FieldError(type(self).__name__, "method_kwargs" if known else "method",
+                             f"is not usable: {error}") from None
 
 
 @dataclass

@@ -111,12 +111,8 @@ def split_train(dataset, fraction: float, seed: int):
 
 
 def build_method(config: SearchConfig) -> bilevel.MethodSpec:
-    """The hypergradient method of ``config``, checked (an unknown name or setting raises here). Settings it leaves
-    out that the method declares (the inner learning rate; an unroll's optimizer) follow the LoRA weights' optimizer:
-    the Engine fills them before every step."""
-    spec = bilevel.MethodSpec(config.method, dict(config.method_kwargs))
-    spec.build(inner_lr=config.learning_rate)
-    return spec
+    """The hypergradient method of ``config``, checked: ``config.method_spec()``."""
+    return config.method_spec()
 
 
 def first_order_fix(search_config: SearchConfig) -> str:

@@ -88,8 +88,8 @@ def main(argv=None):
         parser.error(f"--steps and --timing-steps must be multiples of --every ({args.every})")
     os.makedirs(args.out, exist_ok=True)
     torch.set_num_threads(args.threads)
-    if args.threads == 1:  # JAX on CPU has no working one-thread switch: one core for the process, both sides
-        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    if args.threads == 1 and hasattr(os, "sched_setaffinity"):  # JAX on CPU has no working one-thread switch: one
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # core for the process, both sides (Linux only)
     results, loads = {}, {}
     for name in args.problems:
         timing = name in TIMING
@@ -99,7 +99,7 @@ def main(argv=None):
         past = int(round(steps * args.past / args.every)) * args.every
         results[name] = run_problem(name, args.checkout, solvers, steps, args.every, past)
         loads[name] = (before, os.getloadavg())
-    text = report.table(results, loads)
+    text = report.table(results, loads, args.threads)
     difference = lockstep_check(args.checkout, "quadratic", 200)
     text += (f"\nOur SOBA core in their loop order on their batches (quadratic, 200 steps): largest |ours - theirs| "
              f"over (w, x) = {difference:.2e}\n")

@@ -5,7 +5,7 @@ import os
 
 TARGET_EVALUATIONS = 1.10   # ours reaches their final figure within 10% more evaluations
 TARGET_WALL_TIME = 1.25     # ours per iteration within 1.25x of theirs on the larger problems
-QUIET_LOAD = 1.5            # 1-minute load average at a problem's end above which its wall times were under load
+QUIET_MARGIN = 0.5          # 1-minute load average above the run's own threads at which its wall times were under load
 ROUNDING = 1e-9             # figures this close (relative) are equal: two libraries' float64 rounding over a run
 
 
@@ -49,9 +49,10 @@ def compare(ours: list, theirs: list) -> dict:
             "ms_theirs": 1e3 * theirs[-1]["seconds"] / steps}
 
 
-def table(results: dict, loads: dict) -> str:
+def table(results: dict, loads: dict, threads: int = 1) -> str:
     """Markdown: one row per (problem, solver, side), then the targets per solver both sides have; ``loads`` maps a
-    problem to its load averages before and after, the second as a number to mark wall times taken under load."""
+    problem to its load averages before and after, the second as a number to mark wall times taken under load (a
+    load above the run's own ``threads`` plus QUIET_MARGIN)."""
     lines = []
     for problem, rows in results.items():
         any_points = next(iter(rows.values()))
@@ -59,7 +60,7 @@ def table(results: dict, loads: dict) -> str:
         extra = [k for k in any_points[-1] if k not in ("step", "seconds", "gradients", "products", name)]
         steps = min(points[-1]["step"] for points in rows.values())  # the horizon; ours may run past it
         before, after = loads[problem]
-        mark = ": wall times under load, decide nothing" if after[0] > QUIET_LOAD else ""
+        mark = ": wall times under load, decide nothing" if after[0] > threads + QUIET_MARGIN else ""
         lines += [f"\n### {problem} ({steps} outer steps; load average {_load(before)} -> {_load(after)}{mark})\n",
                   f"| solver | side | {name} | " + "".join(f"{k} | " for k in extra)
                   + "gradients / step | products / step | ms / step |", "|---|---|---|" + "---|" * len(extra)

@@ -65,9 +65,14 @@ def run_compare(args) -> int:
             _check_writable(path, flag)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if ":" in args.problem and os.getcwd() not in sys.path:  # module:function from here, as `python -m` finds it
+    added = ":" in args.problem and os.getcwd() not in sys.path  # module:function from here, as `python -m` finds it
+    if added:
         sys.path.insert(0, os.getcwd())
-    problem = make_problem(args.problem, args.seed)
+    try:
+        problem = make_problem(args.problem, args.seed)
+    finally:
+        if added:
+            sys.path.remove(os.getcwd())
     report = compare(problem, args.specs or DEFAULT_SPECS, repeats=args.repeats, exact_max_size=args.exact_max_size)
     print(report.table())
     if args.plot:

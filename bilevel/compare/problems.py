@@ -110,11 +110,21 @@ def make_problem(name: str, seed: int = 0) -> BilevelProblem:
     if not callable(factory):
         raise ValueError(f"problem '{name}': {attribute} is a {type(factory).__name__}, not a function; name a "
                          "function that takes seed= and returns a BilevelProblem")
-    if "seed" not in inspect.signature(factory).parameters and not any(
-            p.kind is p.VAR_KEYWORD for p in inspect.signature(factory).parameters.values()):
-        raise ValueError(f"problem '{name}': {attribute} takes no seed; define it as {attribute}(seed=0) -> "
+    if not _takes_seed_keyword(factory):
+        raise ValueError(f"problem '{name}': {attribute} cannot be called with seed= alone; define it as {attribute}(seed=0) -> "
                          "BilevelProblem (--seed is passed to it)")
     return _checked(factory(seed=seed), name)
+
+
+def _takes_seed_keyword(factory) -> bool:
+    """Whether ``factory(seed=...)`` binds; a callable without a readable signature is given the benefit."""
+    try:
+        inspect.signature(factory).bind(seed=0)
+    except TypeError:
+        return False
+    except ValueError:  # no signature (some builtins): let the call itself tell
+        return True
+    return True
 
 
 def _checked(problem: Any, name: str) -> BilevelProblem:

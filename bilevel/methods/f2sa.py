@@ -116,5 +116,5 @@ class F2SA(HypergradientMethod):
             raise SolverDivergedError(
                 f"F2SA: the second inner copy y diverged at call {calls + 1} (|y - z| = {gap:.3g}, |z| = {size:.3g}): "
                 f"its step {alpha:.3g} is too large for the curvature of f + {penalty:.3g} g; pass a smaller lr, e.g. "
-                f"lr={self.lr / 4:.3g}, or a larger multiplier")
+                f"lr={self.lr / 4:.3g}" + (", or a larger multiplier" if self.y_step == "lr/multiplier" else ""))
 

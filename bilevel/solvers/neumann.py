@@ -80,9 +80,11 @@ class NeumannSolver:
 
     def _safe_step(self, matvec, b, step: float) -> str:
         """A step to suggest after a divergence: 1 / lambda_max estimated now (the series converges for steps below
-        2 / lambda_max), when the step was given and the estimate is positive; else a quarter of the step."""
+        2 / lambda_max) when the step was given and that is smaller; else a quarter of the step, with the warning
+        that a series diverging at small steps means an inner Hessian that is not positive definite."""
         if self.step is not None:
             top, _ = largest_eigenvalue(matvec, b, self.power_iterations)
-            if top > 0:
+            if top > 0 and 1.0 / top < step:
                 return f"step={1.0 / top:.3g} (1 / the largest Hessian eigenvalue, {top:.3g}), or step=None"
-        return f"step={step / 4:.3g}"
+        return (f"step={step / 4:.3g}; a series that diverges at small steps means the inner Hessian is not positive "
+                "definite (the inner level is not at a minimum)")

@@ -196,6 +196,7 @@ def test_a_failing_test_scoring_keeps_the_adapter_and_the_eval_scores(tiny_dir, 
     assert "scoring failed" in capsys.readouterr().err
     assert (out / "adapter" / "adapter_config.json").exists()
     assert {"accuracy", "f1"} <= set(json.loads((out / "metrics.json").read_text())["eval"])
+    assert not (out / "merged").exists()  # merging consumes the model, so it comes after every score
 
 
 def test_the_adapter_carries_the_label_names(tiny_dir, tmp_path):
@@ -270,7 +271,12 @@ def test_scoring_generation_logs_nothing_of_rouge_score(caplog):
     from autolora.cli import _quiet_third_party
     from autolora.metrics import generation_metrics
 
-    _quiet_third_party()
-    with caplog.at_level(logging.INFO):
-        generation_metrics(["a cat sat"], [["a cat sat down"]])
+    absl = logging.getLogger("absl")
+    level = absl.level
+    try:
+        _quiet_third_party()
+        with caplog.at_level(logging.INFO):
+            generation_metrics(["a cat sat"], [["a cat sat down"]])
+    finally:
+        absl.setLevel(level)  # other tests see the logger as they would without this one
     assert not [r for r in caplog.records if r.name.startswith("absl")], caplog.text

@@ -43,3 +43,13 @@ def test_unknown_field_in_json():
 
 def test_string_target_becomes_list():
     assert AutoLoraConfig(target_modules="query").target_modules == ["query"]
+
+
+def test_a_method_setting_error_names_method_kwargs_whatever_the_names_case():
+    from autolora.config import SearchConfig
+
+    with pytest.raises(ValueError, match=r"^SearchConfig: method_kwargs is not usable: method 'CG' has no setting "
+                                         r"bogus"):
+        SearchConfig(method="CG", method_kwargs={"bogus": 1})
+    with pytest.raises(ValueError, match=r"^SearchConfig: method is not usable: unknown hypergradient method 'cgg'"):
+        SearchConfig(method="cgg")

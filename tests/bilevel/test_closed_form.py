@@ -107,6 +107,11 @@ def test_cg_warns_once_per_call_site_not_once_per_step():
         for _ in range(5):
             hypergradient(problem, ConjugateGradient(iterations=10), problem.w_star(x) + 0.01 * _, x)
     assert len([w for w in caught if "non-positive curvature" in str(w.message)]) == 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # and every one of the five calls did meet the curvature
+        for _ in range(5):
+            hypergradient(problem, ConjugateGradient(iterations=10), problem.w_star(x) + 0.01 * _, x)
+    assert len([w for w in caught if "non-positive curvature" in str(w.message)]) == 5
 
 
 def test_neumann_too_large_step_raises_suggesting_smaller_step():
@@ -118,6 +123,14 @@ def test_neumann_too_large_step_raises_suggesting_smaller_step():
     suggested = float(re.search(r"e\.g\. step=([\d.e+-]+) \(1 / the largest Hessian eigenvalue", str(raised.value))[1])
     assert abs(suggested * high - 1) < 1e-2  # one try: 1 / lambda_max, inside the series' range (0, 2 / lambda_max)
     hypergradient(problem, Neumann(iterations=60, step=suggested), problem.w_star(x), x)
+
+
+def test_neumann_on_an_indefinite_hessian_never_suggests_a_larger_step():
+    problem = _saddle_problem()  # eigenvalues 2, -1, 3: no step makes the series converge
+    x = problem.x0
+    with pytest.raises(SolverDivergedError, match=r"e\.g\. step=0\.025; a series that diverges at small steps means "
+                                                  r"the inner Hessian is not positive definite"):
+        hypergradient(problem, Neumann(iterations=200, step=0.1), problem.w_star(x), x)
 
 
 @pytest.mark.parametrize("problem", [Ridge(per_feature=True), Ridge(per_feature=False)], ids=["per_feature", "scalar"])

@@ -2,6 +2,8 @@
 deterministic runs reach x*, minibatch runs settle on a noise floor proportional to the noise, F2SA's penalty
 hypergradient is O(1/multiplier) from the implicit one, and SOBA's finite-difference products need no double
 backward."""
+import re
+
 import pytest
 import torch
 
@@ -205,9 +207,11 @@ def test_gradient_descent_solver_from_zero_is_the_neumann_series_and_from_a_star
         bilevel.solvers.GradientDescentSolver(iterations=30, step=1.0)(matvec, b)
 
 
-def test_f2sa_whose_y_steps_diverge_says_so_instead_of_running_on():
-    """f's curvature (50) far above lambda times g's (1): the y step lr / lambda = 0.5 times the curvature of
-    f + lambda g (51) is 25.5 > 2, so y grows about 24.5-fold per step while z (step 0.5, curvature 1) is stable."""
+@pytest.mark.parametrize("y_step, advice", [("lr/multiplier", ", or a larger multiplier"), ("lr", "")])
+def test_f2sa_whose_y_steps_diverge_says_so_instead_of_running_on(y_step, advice):
+    """f's curvature (50) far above lambda times g's (1): the y step 0.5 (lr / lambda, or lr: lambda = 1) times the
+    curvature of f + lambda g (51) is 25.5 > 2, so y grows about 24.5-fold per step while z is stable. A larger
+    multiplier helps only where it divides the step."""
     def inner_loss(w, x, batch):
         return 0.5 * (w["w"] ** 2).sum()
 
@@ -215,11 +219,11 @@ def test_f2sa_whose_y_steps_diverge_says_so_instead_of_running_on():
         return 25.0 * ((w["w"] - x["x"]) ** 2).sum()
 
     w, x = {"w": torch.ones(3, dtype=torch.float64)}, {"x": torch.zeros(3, dtype=torch.float64)}
-    method, state = F2SA(lr=0.5, multiplier=1.0), None
+    method, state = F2SA(lr=0.5, multiplier=1.0, y_step=y_step), None
     with pytest.raises(bilevel.solvers.SolverDivergedError,
                        match=r"^F2SA: the second inner copy y diverged at call \d+ \(\|y - z\| = .*\): its step 0.5 "
-                             r"is too large for the curvature of f \+ 1 g; pass a smaller lr, e.g. lr=0.125, or a "
-                             r"larger multiplier$"):
+                             r"is too large for the curvature of f \+ 1 g; pass a smaller lr, e.g. lr=0.125"
+                             + re.escape(advice) + "$"):
         for _ in range(20):
             result = bilevel.hypergradient(inner_loss, outer_loss, w, x, None, None, method, state=state,
                                            return_result=True)

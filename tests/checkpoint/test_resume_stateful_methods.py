@@ -103,6 +103,9 @@ def test_a_checkpoint_resumed_under_another_method_or_model_is_refused_in_one_li
         other.run()
     bigger = quadratic_engine(METHODS["soba"], outer_steps=6, checkpoint_dir=str(tmp_path), resume=True)
     bigger.outer.stored_params["x"].data = torch.zeros(7, dtype=torch.float64)
+    inner_before = final_state(bigger)
     with pytest.raises(ValueError, match=r"^Outer: the checkpoint's parameters do not fit this run's: 'x' \(\d+,\) "
                                          r"\(this run: \(7,\)\); resume with the model"):
         bigger.run()
+    after = final_state(bigger)  # refused before anything was loaded: the inner level is untouched too
+    assert all(torch.equal(after[name], value) for name, value in inner_before.items())

@@ -133,6 +133,7 @@ def test_report_reads_the_targets():
     assert "| soba | 0.35 | 0.3 | 30 (30) | 60 (30) | 2.00 | 1.00x (10.000 / 10.000) |" in text
     assert "load average 2.00 1.00 1.00 -> 1.00 1.00 1.00)" in text  # quiet at its end: no mark
     assert "under load" in report.table(rows, {"toy": ((1.0, 1.0, 1.0), (2.0, 1.0, 1.0))})
+    assert "under load" not in report.table(rows, {"toy": ((1.0, 1.0, 1.0), (2.0, 1.0, 1.0))}, threads=2)  # its own
     # ours ran past their last step (30) and reached their figure at 40: counted there, its figure read at 30
     c = report.compare(points([0.9, 0.5, 0.36, 0.34], 1), points([0.8, 0.4, 0.35], 1))
     assert c["ours_steps"] == 40 and c["evaluation_ratio"] == pytest.approx(40 / 30) and c["ours_final"] == 0.36

@@ -174,7 +174,7 @@ def test_cli_user_problem_without_a_seed_is_told_how_to_take_one(tmp_path, capsy
     (tmp_path / "seedless.py").write_text("def make():\n    raise AssertionError('never called')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     assert main(["compare", "seedless:make", "cg:20", "--repeats", "1", "--plot", ""]) == 2
-    assert ("problem 'seedless:make': make takes no seed; define it as make(seed=0) -> BilevelProblem (--seed is "
+    assert ("problem 'seedless:make': make cannot be called with seed= alone; define it as make(seed=0) -> BilevelProblem (--seed is "
             "passed to it)") in capsys.readouterr().err
 
 

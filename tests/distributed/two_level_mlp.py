@@ -59,7 +59,7 @@ def run(method, train_batch, val_batch, outer_steps=2, stop_at=None):
     engine = bilevel.Engine(train, validate, METHODS[method],
                             bilevel.EngineConfig(outer_steps=outer_steps, progress=False, log_every=1,
                                                  **CONFIGS.get(method, {})),
-                            on_step=None if stop_at is None else lambda engine, step: step == stop_at)
+                            on_step=None if stop_at is None else lambda engine, step: step == stop_at and engine.stop())
     engine.run()
     losses = {f"history.{key}": torch.tensor([value for _, value in engine.history.series(key)], dtype=torch.float64)
               for key in ("inner_loss", "outer_loss")}

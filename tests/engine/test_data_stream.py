@@ -86,3 +86,43 @@ def test_a_loader_with_its_own_generator_is_restored_to_the_same_order():
     restored = DataStream(loader(), "train")
     restored.load_state_dict(position)
     assert drawn(restored, 5) == expected
+
+
+class DrawingSampler(torch.utils.data.Sampler):
+    """A sampler whose set_epoch draws from torch's global generator (as some custom samplers do)."""
+
+    def __init__(self):
+        self.order = list(range(ROWS))
+
+    def set_epoch(self, epoch):
+        self.order = torch.randperm(ROWS).tolist()
+
+    def __iter__(self):
+        return iter(self.order)
+
+    def __len__(self):
+        return ROWS
+
+
+def test_a_set_epoch_that_draws_random_numbers_is_replayed_too():
+    torch.manual_seed(0)
+    stream = DataStream(DataLoader(range(ROWS), batch_size=4, sampler=DrawingSampler()), "train")
+    drawn(stream, 4)
+    position, rng = stream.state_dict(), torch.get_rng_state()  # a checkpoint holds both (the Engine's "rng")
+    expected = drawn(stream, 5)
+    restored = DataStream(DataLoader(range(ROWS), batch_size=4, sampler=DrawingSampler()), "train")
+    restored.load_state_dict(position)
+    torch.set_rng_state(rng)  # restored after the levels, as Engine.load_state_dict does
+    assert drawn(restored, 5) == expected
+
+
+def test_a_loader_with_other_generators_than_the_checkpoints_is_refused():
+    import pytest
+
+    own = DataLoader(range(ROWS), batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(1))
+    stream = DataStream(own, "train")
+    drawn(stream, 1)
+    restored = DataStream(DataLoader(range(ROWS), batch_size=4, shuffle=True), "train")
+    with pytest.raises(ValueError, match=r"^train: the checkpoint's data had 1 generator\(s\) of its own and this "
+                                         r"run's has 0; resume with the data loader the checkpoint was written with$"):
+        restored.load_state_dict(stream.state_dict())

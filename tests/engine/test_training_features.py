@@ -1,5 +1,4 @@
 """Engine features for long runs: autocast, gradient clipping, learning-rate schedulers."""
-import numpy as np
 import pytest
 import torch
 
@@ -94,7 +93,7 @@ def test_method_object_is_taken_as_given():
 
 def test_on_step_returning_true_stops_the_run_there_and_checkpoints_that_step(tmp_path):
     engine = make_engine(outer_steps=10, checkpoint_dir=str(tmp_path), checkpoint_every=100)
-    engine.on_step = lambda engine, step: step == 4 or None
+    engine.on_step = lambda engine, step: engine.stop() if step == 4 else None
     history = engine.run()
     assert engine.step == 4 and [step for step, _ in history.series("outer_loss")] == [1, 2, 3, 4]
     stopped_at = engine.outer.stored_params["log_decay"].detach().clone()
@@ -103,20 +102,27 @@ def test_on_step_returning_true_stops_the_run_there_and_checkpoints_that_step(tm
     assert torch.equal(resumed.outer.stored_params["log_decay"].detach(), stopped_at)
     steps = []
     plain = make_engine(outer_steps=3)
-    plain.on_step = lambda engine, step: steps.append(step)  # returns None: no stop
-    plain.run()
+    plain.on_step = lambda engine, step: steps.append(step) or True  # a return value (tqdm's update gives True,
+    plain.run()                                                       # file.write a count) stops nothing
     assert steps == [1, 2, 3]
 
 
-@pytest.mark.parametrize("answer", [1, np.bool_(True), torch.tensor(True)], ids=["int", "numpy", "tensor"])
-def test_a_stopped_run_ends_as_a_finished_one_logged_and_validated_at_its_last_step(answer):
-    engine = make_engine(outer_steps=20, log_every=5, validate_every=5)
-    engine.on_validate = lambda engine: {"decay": float(engine.outer.stored_params["log_decay"].detach())}
-    engine.on_step = lambda engine, step: answer if step == 7 else None
+@pytest.mark.parametrize("asked_from", ["on_step", "on_validate"])
+def test_a_stopped_run_ends_as_a_finished_one_logged_and_validated_at_its_last_step(asked_from):
+    engine = make_engine(outer_steps=20, log_every=5, validate_every=5 if asked_from == "on_step" else 7)
+
+    def validate(engine):
+        if asked_from == "on_validate" and engine.step == 7:
+            engine.stop()
+        return {"decay": float(engine.outer.stored_params["log_decay"].detach())}
+
+    engine.on_validate = validate
+    if asked_from == "on_step":
+        engine.on_step = lambda engine, step: engine.stop() if step == 7 else None
     history = engine.run()
     assert engine.step == 7
     assert [step for step, _ in history.series("outer_loss")] == [5, 7]
-    assert [step for step, _ in history.series("val_decay")] == [5, 7]
+    assert [step for step, _ in history.series("val_decay")][-1] == 7
     assert history.last("val_decay") == float(engine.outer.stored_params["log_decay"].detach())
 
 
