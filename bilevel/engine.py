@@ -18,6 +18,7 @@ from .hypergradient import hypergradient
 from .params import Params, detached
 from .autodiff import MicroBatches, StepBatches, parts
 from .level import Level
+from .validation import warn_caller
 from .attention_kernels import check_second_order_support
 
 
@@ -179,6 +180,12 @@ class Engine:
         config = self.config
         if config.resume and self.step == 0:
             self.load_checkpoint()
+        if config.validate_every and self.on_validate is None:
+            warn_caller(f"Engine: validate_every={config.validate_every} but no on_validate was given, so nothing "
+                        "is validated; pass on_validate=... to the Engine", UserWarning)
+        if self.step > config.outer_steps:
+            warn_caller(f"Engine: the run is already at step {self.step}, past outer_steps={config.outer_steps} (a "
+                        "checkpoint of a longer run?); nothing to do", UserWarning)
         if config.seed is not None and self.step == 0:
             torch.manual_seed(config.seed)
         if self.method.needs_second_derivatives:

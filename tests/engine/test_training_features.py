@@ -136,3 +136,13 @@ def test_an_on_validate_that_returns_no_numbers_is_named(returned, message):
     engine.on_validate = lambda engine: returned
     with pytest.raises(TypeError, match=message):
         engine.run()
+
+
+def test_settings_that_would_do_nothing_say_so(tmp_path):
+    with pytest.warns(UserWarning, match=r"^Engine: validate_every=2 but no on_validate was given"):
+        make_engine(outer_steps=2, validate_every=2).run()
+    make_engine(outer_steps=4, checkpoint_dir=str(tmp_path)).run()
+    with pytest.warns(UserWarning, match=r"^Engine: the run is already at step 4, past outer_steps=2"):
+        shorter = make_engine(outer_steps=2, checkpoint_dir=str(tmp_path), resume=True)
+        shorter.run()
+    assert shorter.step == 4
