@@ -195,6 +195,7 @@ class Engine:
             for _ in range(config.warmup_inner_steps):
                 self.inner_step()
         bar = _progress(config.outer_steps, self.step, config.progress)
+        self._stop = False  # a stop asked at the end of an earlier run() (its last validation) is not this run's
         while self.step < config.outer_steps:
             result, inner_loss = self.iteration()
             self.step += 1
@@ -260,9 +261,10 @@ class Engine:
         return any_across_ranks(asked, self._device)
 
     def _validate(self) -> Optional[Dict[str, float]]:
-        """``on_validate`` with the global random generators (torch's, NumPy's, Python's) restored afterwards: what a validation draws (a sampled
-        subset, dropout in train mode) leaves the run's random stream as it was, so neither the validation schedule nor
-        the validation a run makes at its last step, which a resumed run does not, changes where training goes."""
+        """``on_validate`` with the global random generators (torch's, NumPy's, Python's) restored afterwards: what a
+        validation draws (a sampled subset, dropout in train mode) leaves the run's random stream as it was, so neither
+        the validation schedule nor the validation a run makes at its last step, which a resumed run does not, changes
+        where training goes."""
         saved = _checkpoint.rng_state()
         try:
             return self.on_validate(self)
