@@ -12,8 +12,8 @@ class DataStream:
     A shuffling DataLoader draws its order from torch's generator when iterated, or from its own (``generator=``, a
     sampler's): the stream remembers those states, and the data's own ``state_dict()`` when it has one, when each
     pass begins, so a restored stream replays the same order and skips the batches already drawn. A sampler (or
-    dataset) with
-    ``set_epoch``, as ``DistributedSampler``, gets the pass number before each pass, so every pass has a new order.
+    dataset) with ``set_epoch``, as ``DistributedSampler``, gets the pass number before each pass, so every pass has
+    a new order.
     """
 
     def __init__(self, data: Iterable, owner: str):

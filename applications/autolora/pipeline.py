@@ -260,7 +260,8 @@ def _score_test_split(task, model, batch_size: int) -> dict | None:
     if task.test is None or len(task.test) == 0:
         return None
     if "labels" not in task.test.column_names:
-        logger.info("test split %s has no labels: not scored (load adapter/ to predict on it)", task.sources.get("test", "test"))
+        logger.info("test split %s has no labels: not scored (load adapter/ to predict on it)",
+                    task.sources.get("test", "test"))
         return None
     test = task.evaluate(model, task.test, batch_size=batch_size)
     logger.info("test: %s", test)
