@@ -69,8 +69,9 @@ class DataStream:
         torch.random.set_rng_state(position["epoch_rng"])
         generators, states = _own_generators(self.data), position.get("generators")
         if states is not None and len(states) != len(generators):
-            raise ValueError(f"{self.owner}: the checkpoint's data had {len(states)} generator(s) of its own and this "
-                             f"run's has {len(generators)}; resume with the data loader the checkpoint was written with")
+            raise ValueError(f"{self.owner}: the checkpoint's data had {len(states)} generator(s) of its own and "
+                             f"this run's has {len(generators)}; resume with the data loader the checkpoint was "
+                             "written with")
         for generator, state in zip(generators, states or []):
             generator.set_state(state)
         if position.get("state") is not None:

@@ -54,8 +54,8 @@ class Engine:
         outer_ids = set(map(id, outer.stored_params.values()))
         shared = [name for name, p in inner.stored_params.items() if id(p) in outer_ids]
         if shared:
-            raise ValueError(f"Engine: the inner and outer levels share parameters ({', '.join(shared)}, by their inner "
-                             "names); each parameter belongs to one level")
+            raise ValueError(f"Engine: the inner and outer levels share parameters ({', '.join(shared)}, by their "
+                             "inner names); each parameter belongs to one level")
         self.history = MetricsHistory(self.config.tensorboard_dir)
         self._autocast_dtype = getattr(torch, self.config.autocast_dtype) if self.config.autocast_dtype else None
         self._device = next(iter(inner.stored_params.values())).device  # where the stop flag is all-reduced

@@ -111,8 +111,8 @@ def make_problem(name: str, seed: int = 0) -> BilevelProblem:
         raise ValueError(f"problem '{name}': {attribute} is a {type(factory).__name__}, not a function; name a "
                          "function that takes seed= and returns a BilevelProblem")
     if not _takes_seed_keyword(factory):
-        raise ValueError(f"problem '{name}': {attribute} cannot be called with seed= alone; define it as {attribute}(seed=0) -> "
-                         "BilevelProblem (--seed is passed to it)")
+        raise ValueError(f"problem '{name}': {attribute} cannot be called with seed= alone; define it as "
+                         f"{attribute}(seed=0) -> BilevelProblem (--seed is passed to it)")
     return _checked(factory(seed=seed), name)
 
 
