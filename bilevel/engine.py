@@ -258,6 +258,8 @@ class Engine:
         """Whether ``stop()`` was called during this step; under torchrun the run stops when any rank asked, so that
         every rank stops at the same step."""
         asked, self._stop = self._stop, False
+        if self.on_step is None and self.on_validate is None:
+            return False  # nothing could have asked (the same on every rank): no collective on the step's path
         return any_across_ranks(asked, self._device)
 
     def _validate(self) -> Optional[Dict[str, float]]:
