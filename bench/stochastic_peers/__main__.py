@@ -23,7 +23,8 @@ PROBLEMS = {
 TIMING = ("logreg_ijcnn1", "datacleaning_wide")  # both sides' solvers only, --timing-steps steps
 
 
-def run_problem(name: str, checkout: str, solvers, steps: int, every: int, past: int = 0) -> dict:
+def run_problem(name: str, checkout: str, solvers, steps: int, every: int, past: int = 0,
+                epoch: int = 50) -> dict:
     """Both sides for ``steps`` iterations; ours of a solver both have ``past`` more, to see where it reaches their
     final figure when that is after their last step."""
     problem = PROBLEMS[name]()
@@ -38,13 +39,13 @@ def run_problem(name: str, checkout: str, solvers, steps: int, every: int, past:
         if solver in settings.BOTH_SIDES:
             instance = theirs.build(checkout, solver, name, problem, settings.their_parameters(name, solver))
             rows[(solver, "theirs")] = theirs.run(instance, steps, every, problem["figure"],
-                                                  settings.N_INNER_STEPS, solver)
+                                                  settings.N_INNER_STEPS, solver, epoch)
         for variant, (base, exponents, overrides) in settings.VARIANTS.items():
             if base == solver:
                 instance = theirs.build(checkout, base, name, problem,
                                         {**settings.their_parameters(name, base), **overrides}, exponents=exponents)
                 rows[(variant, "theirs")] = theirs.run(instance, steps, every, problem["figure"],
-                                                       settings.N_INNER_STEPS, base)
+                                                       settings.N_INNER_STEPS, base, epoch)
         print(f"{name} {solver}: " + ", ".join(f"{side} {report.figure_name(p)}={p[-1][report.figure_name(p)]:.4g}"
                                                  for (s, side), p in rows.items() if s == solver), flush=True)
     return rows
@@ -69,7 +70,10 @@ def main(argv=None):
     parser.add_argument("--solvers", nargs="+", default=list(settings.BOTH_SIDES + settings.OURS_ONLY),
                         choices=list(settings.BOTH_SIDES + settings.OURS_ONLY))
     parser.add_argument("--steps", type=int, default=500)
-    parser.add_argument("--every", type=int, default=50, help="iterations between checkpoints")
+    parser.add_argument("--every", type=int, default=10,
+                        help="iterations between checkpoints of the figure (both sides)")
+    parser.add_argument("--epoch", type=int, default=50,
+                        help="iterations per jitted call of their code in its timed pass")
     parser.add_argument("--timing-steps", type=int, default=200,
                         help="steps on the timing problems (" + ", ".join(TIMING) + ")")
     parser.add_argument("--past", type=float, default=0.2,
@@ -97,7 +101,7 @@ def main(argv=None):
         before = os.getloadavg()
         steps = args.timing_steps if timing else args.steps
         past = int(round(steps * args.past / args.every)) * args.every
-        results[name] = run_problem(name, args.checkout, solvers, steps, args.every, past)
+        results[name] = run_problem(name, args.checkout, solvers, steps, args.every, past, args.epoch)
         loads[name] = (before, os.getloadavg())
     text = report.table(results, loads, args.threads)
     difference = lockstep_check(args.checkout, "quadratic", 200)

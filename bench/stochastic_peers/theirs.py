@@ -6,7 +6,7 @@ scheduler and ``jax.lax.scan`` epochs (``benchmark_utils``). The oracles are our
 ``datasets/*.py`` do) over the very arrays our PyTorch problems hold, in float64. Their dataset modules download
 ijcnn1 and MNIST; ours run offline. The benchopt command line is bypassed: we call ``set_objective`` (with their
 warm-up call replaced by ours), ``init`` and the jitted ``one_epoch`` directly, and time only ``one_epoch`` after two
-untimed epochs of the same length have compiled it.
+untimed epochs of the same length have compiled it, in a pass of its own (the figure's checkpoints may be finer).
 
     python -m bench.stochastic_peers --checkout /tmp/benchmark_bilevel
 """
@@ -138,30 +138,55 @@ def build(checkout: str, solver: str, name: str, problem: dict, parameters: dict
     return instance
 
 
-def run(instance, steps: int, every: int, figure, n_inner_steps: int, solver: str):
+def run(instance, steps: int, every: int, figure, n_inner_steps: int, solver: str, epoch: int = 50):
     """Run ``steps`` iterations, recording the figure every ``every`` iterations (``steps`` a multiple of ``every``).
 
-    Returns a list of checkpoints ``{"step", "seconds", "gradients", "products", **figure}``; ``seconds`` counts
-    only the jitted epochs, after two untimed epochs of ``every`` iterations compiled them.
+    Returns a list of checkpoints ``{"step", "seconds", "gradients", "products", **figure}``. ``seconds`` comes from
+    a second, timed pass of the same ``steps`` in jitted epochs of ``epoch`` iterations (fewer if ``steps`` is
+    shorter), after two untimed epochs of that length compiled them: the figure's checkpoints may be finer than their
+    code's epochs without charging their solver a call per checkpoint. Between the ends of timed epochs the clock is
+    interpolated (a step's cost is the same at every step of their code).
     """
     import torch
 
-    # Compile, and discard: twice, because `init` hands some carry entries over as Python scalars (the scheduler's
-    # step, F2SA's multiplier) that come back from the first epoch as arrays, so the second call compiles again.
-    jax.block_until_ready(instance.one_epoch(instance.one_epoch(instance.init(), every), every))
-    carry = instance.init()
     per_step = THEIR_COUNTS[solver](n_inner_steps)
-    seconds, points = 0.0, []
+    points = []
+    carry = _compiled(instance, every)
     for done in range(every, steps + 1, every):
-        start = time.perf_counter()
         carry = jax.block_until_ready(instance.one_epoch(carry, every))
-        seconds += time.perf_counter() - start
         solution = carry[INNER_SOLUTION.get(solver, "inner_var")]
         inner = {k: torch.tensor(np.asarray(v)) for k, v in instance.unflatten(solution).items()}
         outer = {"x": torch.tensor(np.asarray(carry["outer_var"]))}
-        points.append({"step": done, "seconds": seconds, "gradients": done * per_step["gradients"],
+        points.append({"step": done, "seconds": None, "gradients": done * per_step["gradients"],
                        "products": done * per_step["products"], **figure(inner, outer)})
+    ends, clock = _timed_epochs(instance, steps, min(epoch, steps))
+    for point in points:
+        point["seconds"] = float(np.interp(point["step"], [0, *ends], [0.0, *clock]))
     return points
+
+
+def _compiled(instance, length: int):
+    """``init()`` after two untimed epochs of ``length`` compiled ``one_epoch`` for it: twice, because ``init``
+    hands some carry entries over as Python scalars (the scheduler's step, F2SA's multiplier) that come back from
+    the first epoch as arrays, so the second call compiles again."""
+    jax.block_until_ready(instance.one_epoch(instance.one_epoch(instance.init(), length), length))
+    return instance.init()
+
+
+def _timed_epochs(instance, steps: int, epoch: int):
+    """The steps at which timed epochs of ``epoch`` iterations end (the last may be shorter) and the cumulative
+    seconds of the jitted calls at each."""
+    lengths = [epoch] * (steps // epoch) + ([steps % epoch] if steps % epoch else [])
+    for length in set(lengths):
+        _compiled(instance, length)
+    carry, ends, clock, seconds = instance.init(), [], [], 0.0
+    for length in lengths:
+        start = time.perf_counter()
+        carry = jax.block_until_ready(instance.one_epoch(carry, length))
+        seconds += time.perf_counter() - start
+        ends.append((ends[-1] if ends else 0) + length)
+        clock.append(seconds)
+    return ends, clock
 
 
 def iterates(instance, steps: int):

@@ -69,6 +69,15 @@ class HypergradientMethod:
         """
         return (0, 1)
 
+    def initial_state(self, inner_params: Params, outer_params: Params) -> Any:
+        """The state to start from, taken by the Engine before the first iteration's inner steps (default None).
+
+        For a method whose state must start where the inner parameters start, before the Engine moves them (F2SA's
+        second inner copy: y_0 = z_0, so that y and z step in lockstep from the first iteration). ``compute`` still
+        gets ``state=None`` from callers that keep no state (the functional API).
+        """
+        return None
+
     def compute(self, inner_loss: Loss, outer_loss: Loss, inner_params: Params, outer_params: Params,
                 inner_batch: Any, outer_batch: Any, state: Any = None) -> HypergradientResult:
         raise NotImplementedError

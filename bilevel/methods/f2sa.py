@@ -5,6 +5,8 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
+import torch
+
 from .. import params as P
 from ..autodiff import loss_gradients, per_step_batches
 from ..solvers.base import SolverDivergedError
@@ -43,12 +45,13 @@ class F2SA(HypergradientMethod):
     Engine hands over (the last inner step's batch and one outer batch); with ``fresh_batches=True`` the method asks
     the Engine for ``steps`` + 1 fresh batches of each level (:class:`~bilevel.StepBatches` in the functional API):
     y step t uses the t-th of each, h the last (one inner batch for both of h's g terms: their difference is then
-    free of the batch's noise where y = z). The order (z and y first, then x) is the paper's. On the first call y_0 is
-    a copy of z after that step's inner steps and takes no step, so that afterwards y and z take their steps at the
-    same x (with ``steps`` = ``inner_steps`` and SGD at lr, y and z stay in step; a y one step behind z would carry
-    lambda times that offset into h). A growing multiplier rescales lambda (y - z) between calls, a bias in h of about
-    the growth / lambda relative to one y step's contraction: grow it slowly.
-    Cost per call: 2 * steps + 3 forward+backward passes (3 on the first call), no second derivatives.
+    free of the batch's noise where y = z). The order (z and y first, then x) is the paper's, and so is the start: the
+    Engine takes y_0 = z_0 before its first inner steps (:meth:`initial_state`), so y and z step in lockstep from the
+    first iteration (with ``steps`` = ``inner_steps`` and SGD at lr they stay in step; a y steps ahead of or behind z
+    would carry lambda times that offset into h). Without state (the functional API) y_0 is a copy of z as given. A
+    growing multiplier rescales lambda (y - z) between calls, a bias in h of about the growth / lambda relative to
+    one y step's contraction: grow it slowly.
+    Cost per call: 2 * steps + 3 forward+backward passes, no second derivatives.
     """
 
     main_count = "steps"
@@ -81,38 +84,43 @@ class F2SA(HypergradientMethod):
     def batches_per_call(self) -> tuple[int, int]:
         return (self.steps + 1, self.steps + 1) if self.fresh_batches else super().batches_per_call()
 
+    def initial_state(self, inner_params, outer_params):
+        """y_0 = z_0, taken before the Engine's first inner steps."""
+        return {"y": {k: v.detach().clone() for k, v in inner_params.items()}, "calls": 0,
+                "multiplier": self.multiplier}
+
     def compute(self, inner_loss, outer_loss, inner_params, outer_params, inner_batch, outer_batch, state=None):
-        calls = 0 if state is None else state["calls"]
-        penalty = self.multiplier if state is None else state["multiplier"]
+        state = self.initial_state(inner_params, outer_params) if state is None else state
+        calls, penalty = state["calls"], state["multiplier"]
         *inner_steps, inner_last = per_step_batches(inner_batch, self.steps + 1, "F2SA")  # a plain batch: every step
         *outer_steps, outer_last = per_step_batches(outer_batch, self.steps + 1, "F2SA")
         alpha = self.lr * (calls + 1) ** -(self.decay or 0.0) / (penalty if self.y_step == "lr/multiplier" else 1.0)
         fixed_x = P.detached(outer_params)
-        # y_0 = z after this outer step's inner steps; y steps from the next call on, in step with z (see above)
-        y = {k: v.detach().clone() for k, v in inner_params.items()} if state is None else state["y"]
-        steps = list(zip(inner_steps, outer_steps)) if state is not None else []
-        for inner_b, outer_b in steps:
+        y, losses = state["y"], []
+        for inner_b, outer_b in zip(inner_steps, outer_steps):
             y = P.detached(y, requires_grad=True)
-            _, (outer_y,) = loss_gradients(outer_loss, y, fixed_x, outer_b, (y,))
-            _, (inner_y,) = loss_gradients(inner_loss, y, fixed_x, inner_b, (y,))
+            outer_value, (outer_y,) = loss_gradients(outer_loss, y, fixed_x, outer_b, (y,))
+            inner_value, (inner_y,) = loss_gradients(inner_loss, y, fixed_x, inner_b, (y,))
+            losses += [outer_value, inner_value]
             y = P.detached(P.add(y, P.add(outer_y, inner_y, penalty), -alpha))
-        if steps:
-            self._check_y(y, inner_params, alpha, penalty, calls)
+        self._check_y(y, inner_params, alpha, penalty, calls, losses)
         at = P.detached(y, requires_grad=True)  # a loss that ignores x still has a graph
         outer, (outer_x,) = loss_gradients(outer_loss, at, outer_params, outer_last, (outer_params,))
         _, (at_y,) = loss_gradients(inner_loss, at, outer_params, inner_last, (outer_params,))
         _, (at_z,) = loss_gradients(inner_loss, inner_params, outer_params, inner_last, (outer_params,))
         grads = {k: outer_x[k] + penalty * (at_y[k] - at_z[k]) for k in outer_x}
-        diagnostics = {"gradient_evaluations": 2 * len(steps) + 3, "multiplier": penalty, "y_step": alpha,
+        diagnostics = {"gradient_evaluations": 2 * self.steps + 3, "multiplier": penalty, "y_step": alpha,
                        "outer_loss": outer}
         grown = penalty + self.multiplier_growth * (calls + 1) ** -self.multiplier_growth_decay
         return HypergradientResult(grads, diagnostics, {"y": y, "calls": calls + 1, "multiplier": grown})
 
-    def _check_y(self, y, z, alpha: float, penalty: float, calls: int) -> None:
+    def _check_y(self, y, z, alpha: float, penalty: float, calls: int, losses: list) -> None:
         """Refuse a y whose steps diverge: the step alpha times the curvature of f + lambda g must stay below 2, and
-        the default lr / lambda ensures that only while f's curvature is small next to lambda times g's."""
+        the default lr / lambda ensures that only while f's curvature is small next to lambda times g's. A NaN from
+        a non-finite loss is left to flow on: the caller's check names the loss, not the step."""
         gap, size = float(P.norm(P.sub(y, P.detached(z)))), float(P.norm(P.detached(z)))
-        if not math.isfinite(gap) or gap > BLOWUP * (size + 1.0):
+        diverged = not math.isfinite(gap) or gap > BLOWUP * (size + 1.0)
+        if diverged and bool(torch.isfinite(torch.stack(losses)).all()):
             raise SolverDivergedError(
                 f"F2SA: the second inner copy y diverged at call {calls + 1} (|y - z| = {gap:.3g}, |z| = {size:.3g}): "
                 f"its step {alpha:.3g} is too large for the curvature of f + {penalty:.3g} g; pass a smaller lr, e.g. "

@@ -43,6 +43,19 @@ def test_deterministic_engine_reaches_the_outer_optimum(name):
     assert relative_error(path[-1], X_STAR) <= 1e-6, relative_error(path[-1], X_STAR)
 
 
+
+def test_f2sa_in_the_engine_starts_y_at_z_before_the_first_inner_step_and_steps_both_in_lockstep():
+    """Algorithm 1's first iteration: y_0 = z_0, then z takes its inner step and y its step on f + lambda g from the
+    same point, so y_1 - z_1 = -(lr / lambda) grad_w f(z_0) exactly (y_step="lr/multiplier", SGD at lr)."""
+    multiplier, lr = 50.0, 0.1
+    engine = quadratic_engine(F2SA(multiplier=multiplier, lr=lr), outer_steps=1, inner_steps=1, inner_lr=lr)
+    z0, x0 = PROBLEM.w0.clone(), torch.zeros(PROBLEM.B.shape[1], dtype=DT)
+    engine.run()
+    y1 = PROBLEM.flat(engine.method_state["y"])
+    z1 = z0 - lr * PROBLEM.inner_grad(z0, x0, None)
+    assert relative_error(PROBLEM.flat(engine.inner.params).detach(), z1) <= 1e-14
+    assert relative_error(y1 - z1, -lr / multiplier * PROBLEM.outer_grad_w(z0, x0)) <= 1e-12
+
 def penalty_solution(problem, x, multiplier):
     """y*_lambda(x) = argmin_y f(x, y) + lambda g(x, y) = (I + lambda A)^-1 (t + lambda (B x - c))."""
     n = problem.A.shape[0]
