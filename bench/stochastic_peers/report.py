@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import statistics
 
 TARGET_EVALUATIONS = 1.10   # ours reaches their final figure within 10% more evaluations
 TARGET_WALL_TIME = 1.25     # ours per iteration within 1.25x of theirs on the larger problems
@@ -35,18 +36,21 @@ def at_step(points: list, step: int) -> dict:
 
 def compare(ours: list, theirs: list) -> dict:
     """Ours against theirs on one solver: evaluations and steps to reach their final figure (ours may have run past
-    their last step to reach it), our figure and time per iteration at their last step."""
+    their last step to reach it), our figure and time per iteration at their last step, and both sides' mean and sd of
+    the figure over the second half of their checkpoints."""
     name = figure_name(theirs)
     level = theirs[-1][name]
     ours_at, theirs_at = first_reaching(ours, level, name), first_reaching(theirs, level, name)
     ours_n = None if ours_at is None else evaluations(ours_at)
     steps = theirs[-1]["step"]
     horizon = at_step(ours, steps)
+    half = [p for p in ours if p["step"] <= steps][len(theirs) // 2:], theirs[len(theirs) // 2:]
     return {"figure": name, "level": level, "ours_evaluations": ours_n, "theirs_evaluations": evaluations(theirs_at),
             "evaluation_ratio": None if ours_n is None else ours_n / evaluations(theirs_at),
             "ours_steps": None if ours_at is None else ours_at["step"], "theirs_steps": theirs_at["step"],
             "ours_final": horizon[name], "ms_ours": 1e3 * horizon["seconds"] / steps,
-            "ms_theirs": 1e3 * theirs[-1]["seconds"] / steps}
+            "ms_theirs": 1e3 * theirs[-1]["seconds"] / steps,
+            "plateau": [(statistics.mean(v), statistics.pstdev(v)) for v in ([p[name] for p in h] for h in half)]}
 
 
 def table(results: dict, loads: dict, threads: int = 1) -> str:
@@ -74,16 +78,23 @@ def table(results: dict, loads: dict, threads: int = 1) -> str:
                  if side == "theirs" and (s, "ours") in rows]
         if pairs:
             lines += ["", f"| solver | their final {name} | ours final | their evaluations (steps) to it | ours "
-                      f"| ratio (target <= {TARGET_EVALUATIONS}) | ms / step ours / theirs |",
-                      "|---|---|---|---|---|---|---|"]
+                      f"| ratio (target <= {TARGET_EVALUATIONS}) | last half mean (sd): ours / theirs "
+                      "| ms / step ours / theirs |", "|---|---|---|---|---|---|---|---|"]
             for solver, ours_points, their_points in pairs:
                 c = compare(ours_points, their_points)
                 ratio = "not reached" if c["evaluation_ratio"] is None else f"{c['evaluation_ratio']:.2f}"
                 reached = "-" if c["ours_evaluations"] is None else f"{c['ours_evaluations']} ({c['ours_steps']})"
                 lines.append(f"| {solver} | {c['level']:.4g} | {c['ours_final']:.4g} | {c['theirs_evaluations']} "
-                             f"({c['theirs_steps']}) | {reached} | {ratio} | {c['ms_ours'] / c['ms_theirs']:.2f}x "
+                             f"({c['theirs_steps']}) | {reached} | {ratio} | {_plateau(c['plateau'])} "
+                             f"| {c['ms_ours'] / c['ms_theirs']:.2f}x "
                              f"({c['ms_ours']:.3f} / {c['ms_theirs']:.3f}) |")
     return "\n".join(lines) + "\n"
+
+
+def _plateau(pairs) -> str:
+    """``mean (sd)`` of the figure over the second half of the checkpoints, ours / theirs: where a curve is flat
+    within its noise, the first checkpoint to reach a level is decided by noise, and the level is what compares."""
+    return " / ".join(f"{mean:.4g} ({sd:.2g})" for mean, sd in pairs)
 
 
 def plot(results: dict, path: str) -> None:

@@ -127,10 +127,14 @@ def test_report_reads_the_targets():
     assert c["evaluation_ratio"] == 2.0 and c["ours_steps"] == c["theirs_steps"] == 30
     rows = {"toy": {("soba", "ours"): points([0.9, 0.5, 0.3], 2), ("soba", "theirs"): points([0.8, 0.4, 0.35], 1)}}
     text = report.table(rows, {"toy": ((2.0, 1.0, 1.0), (1.0, 1.0, 1.0))})
-    assert "| soba | 0.35 | 0.3 | 30 (30) | 60 (30) | 2.00 | 1.00x (10.000 / 10.000) |" in text
+    # the second half of the checkpoints (steps 20 and 30): ours 0.5, 0.3; theirs 0.4, 0.35
+    assert c["plateau"] == [(pytest.approx(0.4), pytest.approx(0.1)), (pytest.approx(0.375), pytest.approx(0.025))]
+    assert "| soba | 0.35 | 0.3 | 30 (30) | 60 (30) | 2.00 | 0.4 (0.1) / 0.375 (0.025) | 1.00x (10.000 / 10.000) |" \
+        in text
     assert "load average 2.00 1.00 1.00 -> 1.00 1.00 1.00)" in text  # quiet at its end: no mark
     assert "under load" in report.table(rows, {"toy": ((1.0, 1.0, 1.0), (2.0, 1.0, 1.0))})
     assert "under load" not in report.table(rows, {"toy": ((1.0, 1.0, 1.0), (2.0, 1.0, 1.0))}, threads=2)  # its own
     # ours ran past their last step (30) and reached their figure at 40: counted there, its figure read at 30
     c = report.compare(points([0.9, 0.5, 0.36, 0.34], 1), points([0.8, 0.4, 0.35], 1))
     assert c["ours_steps"] == 40 and c["evaluation_ratio"] == pytest.approx(40 / 30) and c["ours_final"] == 0.36
+    assert c["plateau"][0][0] == pytest.approx(0.43)  # its plateau over the same steps as theirs (20, 30), not 40
