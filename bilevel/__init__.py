@@ -13,10 +13,11 @@ from .methods import HypergradientMethod, HypergradientResult, MethodSpec
 from .autodiff import MicroBatches, StepBatches
 from .level import Level
 from .attention_kernels import SecondDerivativeError
+from .allocator import keep_freed_memory
 
 Problem = Level  # the former name of Level, kept so that code written for it still runs
 
 __all__ = ["hypergradient", "methods", "solvers", "distributed", "compare", "Level", "Problem", "Engine", "EngineConfig", "MetricsHistory",
            "HypergradientMethod", "HypergradientResult", "MethodSpec", "MicroBatches", "StepBatches",
-           "SecondDerivativeError"]
+           "SecondDerivativeError", "keep_freed_memory"]
 __version__ = "0.1.0"

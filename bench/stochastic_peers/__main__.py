@@ -7,6 +7,7 @@ import os
 
 import torch
 
+import bilevel
 from bench import stochastic
 
 from . import lockstep, ours, report, settings, theirs
@@ -81,6 +82,9 @@ def main(argv=None):
                              "it reaches their final figure if that is after their last step")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch's threads; 1 also pins the process (their JAX included) to one core")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc as it is (by default bilevel.keep_freed_memory() keeps freed "
+                             "blocks in the process, for both sides: it is one process)")
     parser.add_argument("--out", default="bench/results/stochastic_peers")
     args = parser.parse_args(argv)
     if not os.path.isdir(os.path.join(args.checkout, "solvers")):
@@ -92,6 +96,8 @@ def main(argv=None):
         parser.error(f"--steps and --timing-steps must be multiples of --every ({args.every})")
     os.makedirs(args.out, exist_ok=True)
     torch.set_num_threads(args.threads)
+    if not args.default_malloc:
+        bilevel.keep_freed_memory()
     if args.threads == 1 and hasattr(os, "sched_setaffinity"):  # JAX on CPU has no working one-thread switch: one
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # core for the process, both sides (Linux only)
     results, loads = {}, {}
