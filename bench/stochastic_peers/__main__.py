@@ -25,9 +25,9 @@ TIMING = ("logreg_ijcnn1", "datacleaning_wide")  # both sides' solvers only, --t
 
 
 def run_problem(name: str, checkout: str, solvers, steps: int, every: int, past: int = 0,
-                epoch: int = 50) -> dict:
+                epoch: int = 50, repeats: int = 1) -> dict:
     """Both sides for ``steps`` iterations; ours of a solver both have ``past`` more, to see where it reaches their
-    final figure when that is after their last step."""
+    final figure when that is after their last step; the wall times the fastest of ``repeats`` runs."""
     problem = PROBLEMS[name]()
     n_inner, n_outer = len(problem["inner_data"][0]), len(problem["outer_data"][0])
     draws = (steps + past) * (3 * settings.N_INNER_STEPS + 3)  # more than any solver draws from one level
@@ -36,17 +36,18 @@ def run_problem(name: str, checkout: str, solvers, steps: int, every: int, past:
     rows = {}
     for solver in solvers:
         ours_steps = steps + past if solver in settings.BOTH_SIDES else steps
-        rows[(solver, "ours")] = ours.run(name, problem, solver, ours_steps, every, inner_starts, outer_starts)
+        rows[(solver, "ours")] = ours.run(name, problem, solver, ours_steps, every, inner_starts, outer_starts,
+                                          repeats)
         if solver in settings.BOTH_SIDES:
             instance = theirs.build(checkout, solver, name, problem, settings.their_parameters(name, solver))
             rows[(solver, "theirs")] = theirs.run(instance, steps, every, problem["figure"],
-                                                  settings.N_INNER_STEPS, solver, epoch)
+                                                  settings.N_INNER_STEPS, solver, epoch, repeats)
         for variant, (base, exponents, overrides) in settings.VARIANTS.items():
             if base == solver:
                 instance = theirs.build(checkout, base, name, problem,
                                         {**settings.their_parameters(name, base), **overrides}, exponents=exponents)
                 rows[(variant, "theirs")] = theirs.run(instance, steps, every, problem["figure"],
-                                                       settings.N_INNER_STEPS, base, epoch)
+                                                       settings.N_INNER_STEPS, base, epoch, repeats)
         print(f"{name} {solver}: " + ", ".join(f"{side} {report.figure_name(p)}={p[-1][report.figure_name(p)]:.4g}"
                                                  for (s, side), p in rows.items() if s == solver), flush=True)
     return rows
@@ -82,6 +83,9 @@ def main(argv=None):
                              "it reaches their final figure if that is after their last step")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch's threads; 1 also pins the process (their JAX included) to one core")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs per solver and side on the timing problems (" + ", ".join(TIMING) + "); the "
+                             "fastest gives the wall time")
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc's malloc as it is (by default bilevel.keep_freed_memory() keeps freed "
                              "blocks in the process, for both sides: it is one process)")
@@ -107,7 +111,8 @@ def main(argv=None):
         before = os.getloadavg()
         steps = args.timing_steps if timing else args.steps
         past = int(round(steps * args.past / args.every)) * args.every
-        results[name] = run_problem(name, args.checkout, solvers, steps, args.every, past, args.epoch)
+        results[name] = run_problem(name, args.checkout, solvers, steps, args.every, past, args.epoch,
+                                    args.repeats if timing else 1)
         loads[name] = (before, os.getloadavg())
     text = report.table(results, loads, args.threads)
     difference = lockstep_check(args.checkout, "quadratic", 200)

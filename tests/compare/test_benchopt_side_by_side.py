@@ -80,9 +80,9 @@ def test_evaluation_counts_add_up(solver, quadratic):
     diagnostics plus one pass per inner step; both sides run the same number of steps and checkpoints."""
     steps, every = 20, 10
     inner_starts, outer_starts = starts(quadratic, steps * (3 * settings.N_INNER_STEPS + 3))
-    ours_points = ours.run("quadratic", quadratic, solver, steps, every, inner_starts, outer_starts)
+    ours_points = ours.run("quadratic", quadratic, solver, steps, every, inner_starts, outer_starts, repeats=2)
     instance = theirs.build(CHECKOUT, solver, "quadratic", quadratic, settings.their_parameters("quadratic", solver))
-    their_points = theirs.run(instance, steps, every, quadratic["figure"], settings.N_INNER_STEPS, solver)
+    their_points = theirs.run(instance, steps, every, quadratic["figure"], settings.N_INNER_STEPS, solver, repeats=2)
     assert [p["step"] for p in ours_points] == [p["step"] for p in their_points] == [10, 20]
     per_step = theirs.THEIR_COUNTS[solver](settings.N_INNER_STEPS)
     assert their_points[-1]["gradients"] == steps * per_step["gradients"]
