@@ -228,6 +228,36 @@ def test_load_model_sets_pad_token_id_for_gpt2(tmp_path, gpt2_dir):
     assert model.config.pad_token_id == tokenizer.eos_token_id == model.generation_config.pad_token_id
 
 
+
+def test_examples_longer_than_the_models_positions_are_refused_at_load(tmp_path, bert_tokenizer):
+    """A BERT with 6 learned positions and an example of 9 tokens ([CLS] great fun ... family [SEP]): refused when the
+    model is loaded, naming --max-length, instead of an index error inside the first forward pass."""
+    from transformers import BertConfig, BertModel
+
+    folder = tmp_path / "six_positions"
+    BertModel(BertConfig(vocab_size=bert_tokenizer.vocab_size, hidden_size=8, num_hidden_layers=1,
+                         num_attention_heads=2, intermediate_size=16, max_position_embeddings=6)).save_pretrained(folder)
+    task = sst_task(tmp_path, bert_tokenizer)
+    longest = max(len(ids) for ids in task.train["input_ids"])
+    assert longest == 9
+    with pytest.raises(DataError, match=rf"^examples of up to 9 tokens \(--max-length 128\) do not fit .*six_positions, "
+                                        r"which has 6 positions; pass --max-length 6 or less$"):
+        task.load_model(str(folder))
+    short = sst_task(tmp_path, bert_tokenizer, max_length=6)
+    model = short.load_model(str(folder))  # truncated to 6 tokens: fits, and runs
+    with torch.no_grad():
+        assert torch.isfinite(model(**short.collate([short.train[2]])).logits).all()
+
+
+def test_position_limits_by_model_family():
+    from transformers import GPT2Config, LlamaConfig, RobertaConfig
+
+    from autolora.tasks.base import position_limit
+
+    assert position_limit(GPT2Config(n_positions=64)) == 64
+    assert position_limit(RobertaConfig(max_position_embeddings=514, pad_token_id=1)) == 512  # ids start at 2
+    assert position_limit(LlamaConfig(max_position_embeddings=64)) is None  # rotary: no learned table to run off
+
 def test_missing_model_folder_is_a_clear_error(tmp_path, bert_tokenizer):
     task = sst_task(tmp_path, bert_tokenizer)
     with pytest.raises(FileNotFoundError, match="load_model: model folder not found: .*nothere"):

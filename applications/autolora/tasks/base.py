@@ -26,6 +26,23 @@ LOWER_IS_BETTER = ("loss", "mse")
 logger = logging.getLogger(__name__)
 
 
+# Model types with learned absolute position embeddings; those of RoBERTa's family start their position ids after
+# the padding index, so max_position_embeddings counts pad_token_id + 1 positions they never use. Others (rotary,
+# relative, types not listed) are not checked.
+LEARNED_POSITIONS = ("bert", "distilbert", "electra", "albert", "gpt2", "gpt_neo", "opt")
+POSITIONS_AFTER_PADDING = ("roberta", "xlm-roberta", "camembert", "data2vec-text")
+
+
+def position_limit(config) -> int | None:
+    """How many tokens a model's learned position embeddings cover; None where it has none this knows of."""
+    model_type = getattr(config, "model_type", "")
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if (model_type not in LEARNED_POSITIONS + POSITIONS_AFTER_PADDING or limit is None
+            or getattr(config, "position_embedding_type", "absolute") != "absolute"):
+        return None
+    unused = (getattr(config, "pad_token_id", None) or 0) + 1 if model_type in POSITIONS_AFTER_PADDING else 0
+    return int(limit) - unused
+
 class Task:
     """Tokenized splits plus everything kind-specific: collate, model head, evaluation.
 
@@ -114,7 +131,20 @@ class Task:
         model.config.pad_token_id = self.tokenizer.pad_token_id
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.pad_token_id = self.tokenizer.pad_token_id
+        self._check_positions(model, model_name_or_path)
         return model
+
+    def _check_positions(self, model, name: str) -> None:
+        """Refuse examples longer than the model's learned positions before any step: they would fail deep in the
+        forward pass (an index error in the position embedding), minutes into a run."""
+        limit = position_limit(model.config)
+        if limit is None:
+            return
+        splits = [d for d in (self.train, self.evaluation, self.test) if d is not None and "input_ids" in d.column_names]
+        longest = max((max(map(len, d["input_ids"]), default=0) for d in splits), default=0)
+        if longest > limit:
+            raise DataError(f"examples of up to {longest} tokens (--max-length {self.config.max_length}) do not fit "
+                            f"{name}, which has {limit} positions; pass --max-length {limit} or less")
 
     def _source(self, split: str) -> str:
         return self.sources.get(split, split)

@@ -1,0 +1,104 @@
+"""One gradient and one Hessian-vector product of ``datacleaning_wide``'s inner loss, eager PyTorch against jitted JAX.
+
+The per-step wall times of bench/stochastic_peers are sums of these primitives plus each library's own work; timing
+them alone says which part of a gap is PyTorch's eager autograd and which is ours. Both sides on one core, float64,
+the same 64-row batches, 100 calls each after 5 untimed ones, the fastest of ``--repeats`` rounds.
+
+    python -m bench.stochastic_peers.primitives
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+import torch
+
+import bilevel
+from bench import stochastic
+
+from .theirs import jax, jnp
+
+BATCH = 64
+
+
+def torch_primitives(problem):
+    """``{name: f(i)}``: the gradient in w, and H v by a backward through the gradient's graph (the Engine's)."""
+    loss, (rows, labels, index) = problem["inner_loss"], problem["inner_data"]
+    batches = [(rows[s:s + BATCH], labels[s:s + BATCH], index[s:s + BATCH])
+               for s in range(0, len(rows) - BATCH, BATCH)]
+    gen = torch.Generator().manual_seed(0)
+    w = {k: (0.01 * torch.randn(v.shape, generator=gen, dtype=v.dtype)).requires_grad_()
+         for k, v in problem["inner"].items()}
+    x = {k: torch.randn(v.shape, generator=gen, dtype=v.dtype).requires_grad_() for k, v in problem["outer"].items()}
+    v = [torch.randn(t.shape, generator=gen, dtype=t.dtype) for t in w.values()]
+
+    def gradient(i):
+        return torch.autograd.grad(loss(w, x, batches[i % len(batches)]), list(w.values()))
+
+    def hvp(i):
+        grads = torch.autograd.grad(loss(w, x, batches[i % len(batches)]), list(w.values()), create_graph=True)
+        return torch.autograd.grad(grads, list(w.values()), grad_outputs=v)
+
+    return {"gradient": gradient, "hessian-vector product": hvp}, (w, x, v, len(batches))
+
+
+def jax_primitives(problem, w, x, v, n_batches):
+    """The same two in JAX, jitted: ``jax.grad`` and a ``jax.vjp`` of it (as their solvers take H v)."""
+    rows, labels, index = (jnp.asarray(t.numpy()) for t in problem["inner_data"])
+
+    def loss(weights, bias, outer, start):
+        features = jax.lax.dynamic_slice_in_dim(rows, start, BATCH)
+        targets = jax.lax.dynamic_slice_in_dim(labels, start, BATCH)
+        picked = jax.lax.dynamic_slice_in_dim(index, start, BATCH)
+        log_probs = jax.nn.log_softmax(features @ weights + bias)
+        losses = -jnp.take_along_axis(log_probs, targets[:, None], 1)[:, 0]
+        return (jax.nn.sigmoid(outer[picked]) * losses).mean() + 1e-3 * (weights ** 2).sum()
+
+    grad = jax.grad(loss, argnums=(0, 1))
+    gradient = jax.jit(grad)
+    hvp = jax.jit(lambda W, b, outer, start, vW, vb: jax.vjp(lambda W_, b_: grad(W_, b_, outer, start),
+                                                              W, b)[1]((vW, vb)))
+    W, b, outer = (jnp.asarray(t.detach().numpy()) for t in (w["W"], w["b"], x["x"]))
+    vW, vb = (jnp.asarray(t.numpy()) for t in v)
+    return {"gradient": lambda i: jax.block_until_ready(gradient(W, b, outer, (i % n_batches) * BATCH)),
+            "hessian-vector product": lambda i: jax.block_until_ready(hvp(W, b, outer, (i % n_batches) * BATCH,
+                                                                          vW, vb))}
+
+
+def seconds_per_call(function, calls: int = 100) -> float:
+    for i in range(5):
+        function(i)
+    start = time.perf_counter()
+    for i in range(calls):
+        function(i)
+    return (time.perf_counter() - start) / calls
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    if jax is None:
+        parser.error("jax is not installed: pip install -e '.[benchopt]'")
+    torch.set_num_threads(1)
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    bilevel.keep_freed_memory()
+    problem = stochastic.datacleaning_wide()
+    ours, state = torch_primitives(problem)
+    theirs = jax_primitives(problem, *state)
+    for name in ours:  # the same numbers first: both sides compute one function
+        difference = max(float(np.abs(np.asarray(a) - b.numpy()).max()) for a, b in zip(theirs[name](3), ours[name](3)))
+        assert difference < 1e-10, f"{name}: PyTorch and JAX differ by {difference:.3g}"
+    print(f"load average {' '.join(f'{a:.2f}' for a in os.getloadavg())}\n")
+    print("| primitive | PyTorch eager (ms) | JAX jit (ms) | ratio |\n|---|---|---|---|")
+    for name in ours:
+        mine = min(seconds_per_call(ours[name]) for _ in range(args.repeats))
+        their = min(seconds_per_call(theirs[name]) for _ in range(args.repeats))
+        print(f"| {name} | {1e3 * mine:.3f} | {1e3 * their:.3f} | {mine / their:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
