@@ -76,7 +76,25 @@ def seconds_per_call(function, calls: int = 100) -> float:
     return (time.perf_counter() - start) / calls
 
 
+def table(repeats: int = 3) -> str:
+    """The markdown table (after checking that both sides compute the same numbers)."""
+    problem = stochastic.datacleaning_wide()
+    ours, state = torch_primitives(problem)
+    theirs = jax_primitives(problem, *state)
+    for name in ours:  # the same numbers first: both sides compute one function
+        difference = max(float(np.abs(np.asarray(a) - b.numpy()).max()) for a, b in zip(theirs[name](3), ours[name](3)))
+        assert difference < 1e-10, f"{name}: PyTorch and JAX differ by {difference:.3g}"
+    lines = ["| primitive | PyTorch eager (ms) | JAX jit (ms) | ratio |", "|---|---|---|---|"]
+    for name in ours:
+        mine = min(seconds_per_call(ours[name]) for _ in range(repeats))
+        their = min(seconds_per_call(theirs[name]) for _ in range(repeats))
+        lines.append(f"| {name} | {1e3 * mine:.3f} | {1e3 * their:.3f} | {mine / their:.2f}x |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
+    """One core for the whole process (JAX ignores its own thread flags) and freed memory kept, as the side-by-side
+    runner does."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
@@ -86,18 +104,8 @@ def main(argv=None):
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     bilevel.keep_freed_memory()
-    problem = stochastic.datacleaning_wide()
-    ours, state = torch_primitives(problem)
-    theirs = jax_primitives(problem, *state)
-    for name in ours:  # the same numbers first: both sides compute one function
-        difference = max(float(np.abs(np.asarray(a) - b.numpy()).max()) for a, b in zip(theirs[name](3), ours[name](3)))
-        assert difference < 1e-10, f"{name}: PyTorch and JAX differ by {difference:.3g}"
-    print(f"load average {' '.join(f'{a:.2f}' for a in os.getloadavg())}\n")
-    print("| primitive | PyTorch eager (ms) | JAX jit (ms) | ratio |\n|---|---|---|---|")
-    for name in ours:
-        mine = min(seconds_per_call(ours[name]) for _ in range(args.repeats))
-        their = min(seconds_per_call(theirs[name]) for _ in range(args.repeats))
-        print(f"| {name} | {1e3 * mine:.3f} | {1e3 * their:.3f} | {mine / their:.2f}x |")
+    text = table(args.repeats)
+    print(f"load average {' '.join(f'{a:.2f}' for a in os.getloadavg())}\n\n{text}")
 
 
 if __name__ == "__main__":
