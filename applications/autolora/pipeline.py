@@ -34,13 +34,16 @@ from .config import AutoLoraConfig, RetrainConfig, RunConfig, SearchConfig
 from .export import peft_config_dict, save_peft_config
 from .injection import heads_of, target_module_names
 from .layers import linear_features
-from .outputs import check_output_dir, prepare_output_dir, write_json_atomic
+from .outputs import check_output_dir, prepare_output_dir, write_bytes_atomic, write_json_atomic
 from .rank_rules import check_budget
 from .ranks import RankResult, load_ranks, save_ranks, uniform_ranks
 
 __all__ = ["search", "retrain", "run", "report", "resolve_device", "load_task"]
 
 logger = logging.getLogger(__name__)
+
+
+PREDICTIONS = "predictions_test.jsonl"  # an unlabeled test split's predictions, beside metrics.json
 
 
 def resolve_device(name: str) -> torch.device:
@@ -246,7 +249,7 @@ def _finish_retrain(out: str, result, task, retrain_config: RetrainConfig) -> di
                     "eval_wall_time_s": round(eval_time, 2), "trainable_parameters": result.trainable_parameters,
                     "train_examples": len(task.train), "final_loss": result.losses[-1][1] if result.losses else None,
                     **_label_scaling(task)}}, drop=("test",))  # a test score of an earlier adapter is not this one's
-    test = _score_test_split(task, result.model, retrain_config.eval_batch_size)  # a failure keeps eval's record
+    test = _score_test_split(task, result.model, retrain_config.eval_batch_size, out)  # a failure keeps eval's
     if test is not None:
         metrics = _update_json(path, {"test": test})
     if retrain_config.merge:
@@ -254,14 +257,22 @@ def _finish_retrain(out: str, result, task, retrain_config: RetrainConfig) -> di
     return metrics
 
 
-def _score_test_split(task, model, batch_size: int) -> dict | None:
+def _score_test_split(task, model, batch_size: int, out: str) -> dict | None:
     """Metrics of the retrained model on the test split (``--test-file``, a hub dataset's test split), once, after
-    everything was chosen on the other splits; None when there is none or it has no labels (a hub's hidden ones)."""
+    everything was chosen on the other splits; None when there is none or it has no labels (a hub's hidden ones).
+    An unlabeled test split gets its predictions written instead, one JSON line per row in the split's order
+    (``predictions_test.jsonl``: what a leaderboard submission is made from)."""
+    path = os.path.join(out, PREDICTIONS)
+    if os.path.exists(path):  # an earlier adapter's predictions are not this one's
+        os.remove(path)
     if task.test is None or len(task.test) == 0:
         return None
     if "labels" not in task.test.column_names:
-        logger.info("test split %s has no labels: not scored (load adapter/ to predict on it)",
-                    task.sources.get("test", "test"))
+        predictions = task.predict(model, task.test, batch_size=batch_size)
+        write_bytes_atomic(path, "".join(json.dumps({"index": index, "prediction": prediction}) + "\n"
+                                         for index, prediction in enumerate(predictions)).encode("utf-8"))
+        logger.info("test split %s has no labels: not scored; %d predictions written to %s",
+                    task.sources.get("test", "test"), len(predictions), path)
         return None
     test = task.evaluate(model, task.test, batch_size=batch_size)
     logger.info("test: %s", test)

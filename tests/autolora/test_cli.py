@@ -166,7 +166,7 @@ def test_retrain_uniform_rank_is_the_uniform_baseline(tiny_dir, tmp_path):
                  str(out / "ranks.json")]) == 1
 
 
-def test_a_labeled_test_file_is_scored_after_retraining_and_an_unlabeled_one_is_not(tiny_dir, tmp_path):
+def test_a_labeled_test_file_is_scored_after_retraining_and_an_unlabeled_one_predicted(tiny_dir, tmp_path):
     retrain = ["--uniform-rank", "2", "--retrain-max-steps", "2", "--retrain-batch-size", "8"]
     out = tmp_path / "labeled"  # the validation rows as test rows: the same model scores them the same
     assert main(["retrain", *common(tiny_dir, out), *retrain, "--test-file", str(tiny_dir / "validation.jsonl")]) == 0
@@ -178,6 +178,14 @@ def test_a_labeled_test_file_is_scored_after_retraining_and_an_unlabeled_one_is_
     out = tmp_path / "unlabeled"
     assert main(["retrain", *common(tiny_dir, out), *retrain, "--test-file", str(unlabeled)]) == 0
     assert "test" not in json.loads((out / "metrics.json").read_text())
+    # predicted instead, one line per row in order: the same retraining (same seed) as the labeled run, so its
+    # predictions score what that run scored
+    lines = [json.loads(line) for line in (out / "predictions_test.jsonl").read_text().splitlines()]
+    assert [line["index"] for line in lines] == list(range(len(rows)))
+    accuracy = sum(line["prediction"] == str(row["label"]) for line, row in zip(lines, rows)) / len(rows)
+    assert accuracy == metrics["test"]["accuracy"]
+    assert main(["retrain", *common(tiny_dir, out), *retrain, "--overwrite"]) == 0
+    assert not (out / "predictions_test.jsonl").exists()  # an earlier adapter's predictions are not this one's
     out = tmp_path / "labeled"  # retrained over the labeled run without a test file: no stale score of the old one
     assert main(["retrain", *common(tiny_dir, out), *retrain, "--overwrite"]) == 0
     assert "test" not in json.loads((out / "metrics.json").read_text())

@@ -258,6 +258,7 @@ def test_position_limits_by_model_family():
     assert position_limit(RobertaConfig(max_position_embeddings=514, pad_token_id=1)) == 512  # ids start at 2
     assert position_limit(LlamaConfig(max_position_embeddings=64)) is None  # rotary: no learned table to run off
 
+
 def test_missing_model_folder_is_a_clear_error(tmp_path, bert_tokenizer):
     task = sst_task(tmp_path, bert_tokenizer)
     with pytest.raises(FileNotFoundError, match="load_model: model folder not found: .*nothere"):
@@ -295,6 +296,47 @@ def test_evaluate_regression_end_to_end(tmp_path, bert_tokenizer, tiny_bert_dir)
     metrics = task.evaluate(task.load_model(tiny_bert_dir))
     assert set(metrics) == {"loss", "pearson", "spearmanr", "mse"}
 
+
+
+def test_predictions_are_what_evaluate_scores(tmp_path, bert_tokenizer, tiny_bert_dir):
+    """predict() needs no labels; on a labeled split its class names, tags per word and numbers give back exactly the
+    accuracy and MSE that evaluate() reports for the same model."""
+    task = sst_task(tmp_path, bert_tokenizer)
+    model = task.load_model(tiny_bert_dir)
+    predictions = task.predict(model, task.evaluation.remove_columns("labels"), batch_size=3)
+    truth = [task.label_names[label] for label in task.evaluation["labels"]]
+    assert set(predictions) <= set(task.label_names) and len(predictions) == len(truth)
+    accuracy = sum(p == t for p, t in zip(predictions, truth)) / len(truth)
+    assert accuracy == pytest.approx(task.evaluate(model, batch_size=3)["accuracy"], abs=1e-12)
+
+    token_task = conll_task(tmp_path, bert_tokenizer)
+    model = token_task.load_model(tiny_bert_dir)
+    tags = token_task.predict(model, token_task.evaluation, batch_size=1)
+    words = [["EU", "rejects", "Zanzibarish", "call"], ["Peter", "Blackburn"]]
+    assert [len(row) for row in tags] == [len(row) for row in words]  # one tag per word, sub-tokens merged
+    gold = [["B-ORG", "O", "B-MISC", "O"], ["B-PER", "I-PER"]]
+    accuracy = sum(p == g for row, truth_row in zip(tags, gold) for p, g in zip(row, truth_row)) / 6
+    assert accuracy == pytest.approx(token_task.evaluate(model, batch_size=1)["accuracy"], abs=1e-12)
+
+    rows = [{"sentence1": f"a man {w}", "sentence2": "a man", "label": float(i)} for i, w in
+            enumerate(["runs", "sings", "plays", "sleeps"])]
+    regression = build_task(DataConfig(train_file=write_jsonl(tmp_path / "r.jsonl", rows),
+                                       validation_file=str(tmp_path / "r.jsonl")), bert_tokenizer)
+    model = regression.load_model(tiny_bert_dir)
+    values = regression.predict(model, regression.evaluation)
+    mse = sum((v - row["label"]) ** 2 for v, row in zip(values, rows)) / len(rows)
+    # in the data's units, not standardized; evaluate's references went through float32 standardization and back
+    assert mse == pytest.approx(regression.evaluate(model)["mse"], rel=1e-6)
+
+
+def test_generation_predictions_are_one_text_per_row(tmp_path, gpt2_dir):
+    tokenizer = load_tokenizer(gpt2_dir)
+    task = e2e_task(tmp_path, tokenizer)
+    model = task.load_model(gpt2_dir)
+    texts = task.predict(model, task.evaluation, batch_size=2)
+    sources, generated, _ = task.generate_texts(model, task.evaluation)
+    assert len(texts) == len(E2E_ROWS) and texts[0] == texts[1]  # the two rows share a source
+    assert texts == [dict(zip(sources, generated))[row["meaning_representation"]] for row in E2E_ROWS]
 
 def test_generation_evaluation_groups_references_and_learns(tmp_path, gpt2_dir):
     tokenizer = load_tokenizer(gpt2_dir)

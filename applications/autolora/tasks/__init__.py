@@ -5,6 +5,7 @@
     model = task.load_model("path/to/model")
     loss = model(**task.collate([task.train[0], task.train[1]])).loss
     metrics = task.evaluate(model)           # on task.evaluation; keys task.metric_names
+    predictions = task.predict(model, task.test)   # one per row, labels or not
 
 Each kind is a `Task` class that carries its own facts (`kind`, `peft_task_type`, `metric_names`,
 `default_metric`, its columns and its `score`); `TASK_KINDS` maps each kind name to its class, and everything

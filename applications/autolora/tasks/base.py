@@ -194,6 +194,24 @@ class Task:
         finally:
             model.train(was_training)
 
+    def predict(self, model, dataset: datasets.Dataset, batch_size: int = 64) -> list:
+        """One prediction per row of `dataset`, whether it has labels or not (a hub's hidden test labels): a class
+        name, a number, a tag per word or a generated text, by kind. Eval mode without gradients, as `evaluate`."""
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                return self._predictions(model, dataset, batch_size)
+        finally:
+            model.train(was_training)
+
+    def _predictions(self, model, dataset: datasets.Dataset, batch_size: int) -> list:
+        raise NotImplementedError
+
+    def _inputs(self, batch: dict, model) -> dict:
+        """A collated batch without its labels, on the model's device: what a prediction feeds the model."""
+        return self._to({key: value for key, value in batch.items() if key != "labels"}, model)
+
     @staticmethod
     def _device(model) -> torch.device:
         return next(model.parameters()).device

@@ -124,6 +124,16 @@ class SequenceClassificationTask(Task):
     def _loss_scale(self) -> float:
         return 1.0
 
+    def _predictions(self, model, dataset, batch_size):
+        outputs = []
+        for batch in self.batches(dataset, batch_size):
+            outputs += self._outputs(model(**self._inputs(batch, model)).logits)
+        return self._named(outputs)
+
+    def _named(self, outputs: list) -> list:
+        """Class indices as the label names of the data."""
+        return [self.label_names[index] for index in outputs]
+
 
 class RegressionTask(SequenceClassificationTask):
     """Number per text (or pair): one-output head with problem_type regression (MSE loss).
@@ -177,3 +187,6 @@ class RegressionTask(SequenceClassificationTask):
 
     def _loss_scale(self):  # the MSE of standardized labels, back in the data's units
         return self.label_std ** 2
+
+    def _named(self, outputs):  # numbers, already in the data's units
+        return outputs

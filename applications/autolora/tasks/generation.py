@@ -121,6 +121,12 @@ class GenerationTask(Task):
             texts.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
         return texts
 
+    def _predictions(self, model, dataset, batch_size):
+        """The greedy continuation of each row's source (decoded once per distinct source)."""
+        sources, texts, _ = self.generate_texts(model, dataset, batch_size)
+        by_source = dict(zip(sources, texts))
+        return [by_source[text] for text in dataset["source_text"]]
+
     def _predict(self, model, dataset, batch_size):
         loss_sum, count = 0.0, 0
         for batch in self.batches(dataset, batch_size):

@@ -80,6 +80,9 @@ class TokenClassificationTask(Task):
         def tokenize(batch, indices):
             encoded = self.tokenizer(batch[words], is_split_into_words=True, truncation=True,
                                      max_length=self.config.max_length)
+            # each sub-token's word (-1: a special token), so that predictions map back to words without labels
+            encoded["word_ids"] = [[-1 if w is None else w for w in encoded.word_ids(i)]
+                                   for i in range(len(indices))]
             if has_labels:
                 encoded["labels"] = [self._align(encoded.word_ids(i), tag_lists[index], label_all)
                                      for i, index in enumerate(indices)]
@@ -109,7 +112,19 @@ class TokenClassificationTask(Task):
         """Pads inputs to the longest row and labels with -100."""
         from transformers import DataCollatorForTokenClassification
 
-        return dict(DataCollatorForTokenClassification(self.tokenizer, label_pad_token_id=IGNORE_INDEX)(features))
+        inputs = [{key: value for key, value in row.items() if key != "word_ids"} for row in features]
+        return dict(DataCollatorForTokenClassification(self.tokenizer, label_pad_token_id=IGNORE_INDEX)(inputs))
+
+    def _predictions(self, model, dataset, batch_size):
+        """A tag for each word a row kept after truncation: the prediction at the word's first sub-token."""
+        predictions, word_ids = [], dataset["word_ids"]
+        for start, batch in zip(range(0, len(dataset), batch_size), self.batches(dataset, batch_size)):
+            best = model(**self._inputs(batch, model)).logits.argmax(-1).tolist()
+            for row, tokens in enumerate(best):
+                words = word_ids[start + row]
+                first = [i for i, word in enumerate(words) if word >= 0 and (i == 0 or words[i - 1] != word)]
+                predictions.append([self.label_names[tokens[i]] for i in first])
+        return predictions
 
     def _predict(self, model, dataset, batch_size):
         predictions, references, loss_sum, count = [], [], 0.0, 0
