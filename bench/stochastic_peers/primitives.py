@@ -1,6 +1,7 @@
 """One gradient and one Hessian-vector product of ``datacleaning_wide``'s inner loss, eager PyTorch against jitted JAX.
 
-The per-step wall times of bench/stochastic_peers are sums of these primitives plus each library's own work; timing
+The product is also timed as ``torch.compile`` of a ``torch.func`` vjp of the gradient (inductor; compiled once
+before timing), which is what the Engine's products would need to match XLA's. The per-step wall times of bench/stochastic_peers are sums of these primitives plus each library's own work; timing
 them alone says which part of a gap is PyTorch's eager autograd and which is ours. Both sides on one core, float64,
 the same 64-row batches, 100 calls each after 5 untimed ones, the fastest of ``--repeats`` rounds.
 
@@ -21,6 +22,7 @@ from bench import stochastic
 from .theirs import jax, jnp
 
 BATCH = 64
+COMPILED = "hessian-vector product, torch.compile of torch.func"
 
 
 def torch_primitives(problem):
@@ -41,7 +43,18 @@ def torch_primitives(problem):
         grads = torch.autograd.grad(loss(w, x, batches[i % len(batches)]), list(w.values()), create_graph=True)
         return torch.autograd.grad(grads, list(w.values()), grad_outputs=v)
 
-    return {"gradient": gradient, "hessian-vector product": hvp}, (w, x, v, len(batches))
+    def functional_hvp(weights, outer, batch, direction):  # the same H v by torch.func: a vjp of the gradient
+        return torch.func.vjp(lambda w_: torch.func.grad(loss)(w_, outer, batch), weights)[1](direction)[0]
+
+    compiled = torch.compile(functional_hvp, dynamic=False)
+    detached, direction = {k: t.detach() for k, t in w.items()}, dict(zip(w, v))
+
+    def compiled_hvp(i):
+        return list(compiled(detached, {k: t.detach() for k, t in x.items()}, batches[i % len(batches)],
+                             direction).values())
+
+    return ({"gradient": gradient, "hessian-vector product": hvp, COMPILED: compiled_hvp},
+            (w, x, v, len(batches)))
 
 
 def jax_primitives(problem, w, x, v, n_batches):
@@ -62,9 +75,9 @@ def jax_primitives(problem, w, x, v, n_batches):
                                                               W, b)[1]((vW, vb)))
     W, b, outer = (jnp.asarray(t.detach().numpy()) for t in (w["W"], w["b"], x["x"]))
     vW, vb = (jnp.asarray(t.numpy()) for t in v)
+    product = lambda i: jax.block_until_ready(hvp(W, b, outer, (i % n_batches) * BATCH, vW, vb))  # noqa: E731
     return {"gradient": lambda i: jax.block_until_ready(gradient(W, b, outer, (i % n_batches) * BATCH)),
-            "hessian-vector product": lambda i: jax.block_until_ready(hvp(W, b, outer, (i % n_batches) * BATCH,
-                                                                          vW, vb))}
+            "hessian-vector product": product, COMPILED: product}
 
 
 def seconds_per_call(function, calls: int = 100) -> float:
