@@ -14,20 +14,23 @@ import ctypes
 import ctypes.util
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
-MMAP_THRESHOLD_MAX = 32 << 20  # glibc refuses larger values on 64-bit systems
+MMAP_THRESHOLD_MAX = 4 * 1024 * 1024 * ctypes.sizeof(ctypes.c_long)  # glibc's ceiling: 32 MiB on 64-bit systems
 
 
 def keep_freed_memory(trim_threshold: int = 1 << 30) -> bool:
-    """Ask glibc's malloc to serve blocks up to 32 MiB from its heap and to keep up to ``trim_threshold`` bytes of
-    freed heap instead of returning them to the system. Both thresholds must be set: setting the trim threshold alone
-    turns off glibc's adaptive mmap threshold and makes every block above 128 KiB an ``mmap`` of its own.
+    """Ask glibc's malloc to serve blocks up to 32 MiB (16 MiB on 32-bit systems) from its heap and to keep up to
+    ``trim_threshold`` bytes of freed heap instead of returning them to the system. Both thresholds must be set:
+    setting the trim threshold alone turns off glibc's adaptive mmap threshold and makes every block above 128 KiB an
+    ``mmap`` of its own.
 
-    Returns True when applied; False where the C library has no ``mallopt`` (macOS, Windows, musl keep memory their
-    own way), so calling it is always safe. The cost: the process keeps its peak heap, as PyTorch's CUDA caching
-    allocator does on GPUs.
+    Returns True when glibc took both settings; False where the C library has no ``mallopt`` (macOS, Windows, musl
+    keep memory their own way) or refused one (the first may then have applied), so calling it is always safe. With
+    another allocator preloaded (jemalloc, tcmalloc) it has no effect, and none is needed: they keep freed memory
+    already. The cost: the process keeps its peak heap, as PyTorch's CUDA caching allocator does on GPUs.
     """
-    if trim_threshold < 0:
-        raise ValueError(f"keep_freed_memory: trim_threshold must be >= 0 bytes, got {trim_threshold}")
+    if not isinstance(trim_threshold, int) or trim_threshold < MMAP_THRESHOLD_MAX:
+        raise ValueError(f"keep_freed_memory: trim_threshold must be at least {MMAP_THRESHOLD_MAX} bytes (the "
+                         f"largest block the heap then serves), got {trim_threshold!r}")
     name = ctypes.util.find_library("c")
     try:
         mallopt = ctypes.CDLL(name).mallopt

@@ -74,9 +74,10 @@ def hypergradient(inner_loss: Callable, outer_loss: Callable, inner_params: Para
     result.grads = {k: result.grads[k].detach() for k in outer_params}
     if check_finite and not _finite(result):
         _raise_if_loss_not_finite(inner, outer, inner_params, outer_params, inner_batch, outer_batch, method)
-        culprit = next(k for k, v in result.grads.items() if not bool(torch.isfinite(v).all()))
-        raise FloatingPointError(f"hypergradient: method '{method.name}' returned a non-finite hypergradient of "
-                                 f"'{culprit}' from finite losses; check its settings (step sizes, iterations)")
+        culprit = next((f"hypergradient of '{k}'" for k, v in result.grads.items()
+                        if not bool(torch.isfinite(v).all())), "loss")  # else a loss at its own iterates is not
+        raise FloatingPointError(f"hypergradient: method '{method.name}' returned a non-finite {culprit} from finite "
+                                 "losses at the given parameters; check its settings (step sizes, iterations)")
     return result if return_result else result.grads
 
 

@@ -48,7 +48,9 @@ class F2SA(HypergradientMethod):
     free of the batch's noise where y = z). The order (z and y first, then x) is the paper's, and so is the start: the
     Engine takes y_0 = z_0 before its first inner steps (:meth:`initial_state`), so y and z step in lockstep from the
     first iteration (with ``steps`` = ``inner_steps`` and SGD at lr they stay in step; a y steps ahead of or behind z
-    would carry lambda times that offset into h). Without state (the functional API) y_0 is a copy of z as given. A
+    would carry lambda times that offset into h). Under ``EngineConfig(reuse_inner_gradient=True)``, where the Engine
+    calls the method before z's steps, y skips its steps on the first call, so the two stay in lockstep in that order
+    too. Without state (the functional API) y_0 is a copy of z as given and y takes its steps. A
     growing multiplier rescales lambda (y - z) between calls, a bias in h of about the growth / lambda relative to
     one y step's contraction: grow it slowly.
     Cost per call: 2 * steps + 3 forward+backward passes, no second derivatives.
@@ -85,42 +87,51 @@ class F2SA(HypergradientMethod):
         return (self.steps + 1, self.steps + 1) if self.fresh_batches else super().batches_per_call()
 
     def initial_state(self, inner_params, outer_params):
-        """y_0 = z_0, taken before the Engine's first inner steps."""
+        """y_0 = z_0, taken before the Engine's first inner steps; ``fresh`` until the first call."""
         return {"y": {k: v.detach().clone() for k, v in inner_params.items()}, "calls": 0,
-                "multiplier": self.multiplier}
+                "multiplier": self.multiplier, "fresh": True}
 
     def compute(self, inner_loss, outer_loss, inner_params, outer_params, inner_batch, outer_batch, state=None):
-        state = self.initial_state(inner_params, outer_params) if state is None else state
+        if state is None:  # no caller keeps state (the functional API): y_0 = z as given, and y takes its steps
+            state = {**self.initial_state(inner_params, outer_params), "fresh": False}
         calls, penalty = state["calls"], state["multiplier"]
+        # Lockstep: y takes a round of steps on every call in which z has had one. On the first call after
+        # initial_state, z has moved only if the Engine stepped it before the call (its default order); with
+        # reuse_inner_gradient the call comes first, z is still z_0, and y waits too.
+        step_y = not state.get("fresh") or not all(torch.equal(state["y"][k], v.detach())
+                                                   for k, v in inner_params.items())
         *inner_steps, inner_last = per_step_batches(inner_batch, self.steps + 1, "F2SA")  # a plain batch: every step
         *outer_steps, outer_last = per_step_batches(outer_batch, self.steps + 1, "F2SA")
         alpha = self.lr * (calls + 1) ** -(self.decay or 0.0) / (penalty if self.y_step == "lr/multiplier" else 1.0)
         fixed_x = P.detached(outer_params)
-        y, losses = state["y"], []
-        for inner_b, outer_b in zip(inner_steps, outer_steps):
+        y, start_losses = state["y"], []
+        for inner_b, outer_b in zip(inner_steps, outer_steps) if step_y else ():
             y = P.detached(y, requires_grad=True)
             outer_value, (outer_y,) = loss_gradients(outer_loss, y, fixed_x, outer_b, (y,))
             inner_value, (inner_y,) = loss_gradients(inner_loss, y, fixed_x, inner_b, (y,))
-            losses += [outer_value, inner_value]
+            start_losses = start_losses or [outer_value, inner_value]  # at the y the last check accepted
             y = P.detached(P.add(y, P.add(outer_y, inner_y, penalty), -alpha))
-        self._check_y(y, inner_params, alpha, penalty, calls, losses)
+        if step_y:
+            self._check_y(y, inner_params, alpha, penalty, calls, start_losses)
         at = P.detached(y, requires_grad=True)  # a loss that ignores x still has a graph
         outer, (outer_x,) = loss_gradients(outer_loss, at, outer_params, outer_last, (outer_params,))
         _, (at_y,) = loss_gradients(inner_loss, at, outer_params, inner_last, (outer_params,))
         _, (at_z,) = loss_gradients(inner_loss, inner_params, outer_params, inner_last, (outer_params,))
         grads = {k: outer_x[k] + penalty * (at_y[k] - at_z[k]) for k in outer_x}
-        diagnostics = {"gradient_evaluations": 2 * self.steps + 3, "multiplier": penalty, "y_step": alpha,
+        diagnostics = {"gradient_evaluations": 2 * self.steps * step_y + 3, "multiplier": penalty, "y_step": alpha,
                        "outer_loss": outer}
         grown = penalty + self.multiplier_growth * (calls + 1) ** -self.multiplier_growth_decay
-        return HypergradientResult(grads, diagnostics, {"y": y, "calls": calls + 1, "multiplier": grown})
+        return HypergradientResult(grads, diagnostics, {"y": y, "calls": calls + 1, "multiplier": grown,
+                                                        "fresh": False})
 
-    def _check_y(self, y, z, alpha: float, penalty: float, calls: int, losses: list) -> None:
+    def _check_y(self, y, z, alpha: float, penalty: float, calls: int, start_losses: list) -> None:
         """Refuse a y whose steps diverge: the step alpha times the curvature of f + lambda g must stay below 2, and
-        the default lr / lambda ensures that only while f's curvature is small next to lambda times g's. A NaN from
-        a non-finite loss is left to flow on: the caller's check names the loss, not the step."""
+        the default lr / lambda ensures that only while f's curvature is small next to lambda times g's. A NaN that
+        a loss gives at the y this call started from (which the last check accepted) is the loss's, not the step's:
+        it flows on, and the caller's check names the loss."""
         gap, size = float(P.norm(P.sub(y, P.detached(z)))), float(P.norm(P.detached(z)))
         diverged = not math.isfinite(gap) or gap > BLOWUP * (size + 1.0)
-        if diverged and bool(torch.isfinite(torch.stack(losses)).all()):
+        if diverged and bool(torch.isfinite(torch.stack(start_losses)).all()):
             raise SolverDivergedError(
                 f"F2SA: the second inner copy y diverged at call {calls + 1} (|y - z| = {gap:.3g}, |z| = {size:.3g}): "
                 f"its step {alpha:.3g} is too large for the curvature of f + {penalty:.3g} g; pass a smaller lr, e.g. "

@@ -249,6 +249,30 @@ def test_examples_longer_than_the_models_positions_are_refused_at_load(tmp_path,
         assert torch.isfinite(model(**short.collate([short.train[2]])).logits).all()
 
 
+
+def test_a_roberta_model_loses_the_positions_up_to_its_padding_index(tmp_path, bert_tokenizer):
+    """RoBERTa numbers positions from its padding index + 1 (the model is built with the tokenizer's pad id, 0 for
+    MiniLM's WordPiece): 9 position embeddings hold 8 tokens, and a 9-token example, which the plain count would let
+    through, fails inside the forward pass. It is refused at load; truncated to 8 it runs."""
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    folder = tmp_path / "roberta_nine"
+    config = RobertaConfig(vocab_size=bert_tokenizer.vocab_size, hidden_size=8, num_hidden_layers=1,
+                           num_attention_heads=2, intermediate_size=16, max_position_embeddings=9,
+                           pad_token_id=bert_tokenizer.pad_token_id)
+    RobertaForSequenceClassification(config).save_pretrained(folder)
+    task = sst_task(tmp_path, bert_tokenizer)
+    with pytest.raises(DataError, match=r"^examples of up to 9 tokens .* which has 8 positions; pass --max-length 8"):
+        task.load_model(str(folder))
+    unchecked = RobertaForSequenceClassification.from_pretrained(folder)
+    with pytest.raises(IndexError), torch.no_grad():  # what the refusal saves a run from
+        unchecked(**task.collate([task.train[2]]))
+    fits = sst_task(tmp_path, bert_tokenizer, max_length=8)
+    model = fits.load_model(str(folder))
+    with torch.no_grad():
+        assert torch.isfinite(model(**fits.collate([fits.train[2]])).logits).all()
+
+
 def test_position_limits_by_model_family():
     from transformers import GPT2Config, LlamaConfig, RobertaConfig
 

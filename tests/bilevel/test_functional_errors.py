@@ -86,3 +86,19 @@ def test_a_bare_tensor_for_a_parameter_dict_is_named(argument):
     with pytest.raises(TypeError, match=rf"^hypergradient: {argument} must be a dict of named tensors, got Tensor; "
                                         r"wrap it, e.g. \{'w': tensor\}"):
         bilevel.hypergradient(g, f, given["inner_params"], given["outer_params"], None, None, "cg")
+
+
+def test_a_method_reporting_a_non_finite_loss_of_its_own_iterates_is_named():
+    """Finite losses at the given parameters and finite grads, but an infinite loss the method evaluated at its own
+    iterates (a diverged inner copy): the error names the method and its loss, not a grad."""
+    class Overflowing(bilevel.HypergradientMethod):
+        name = "overflowing"
+
+        def compute(self, inner_loss, outer_loss, inner_params, outer_params, inner_batch, outer_batch, state=None):
+            grads = {k: torch.zeros_like(v) for k, v in outer_params.items()}
+            return bilevel.HypergradientResult(grads, {"outer_loss": torch.tensor(float("inf"), dtype=DT)})
+
+    g, f, inner, outer = quadratic()
+    with pytest.raises(FloatingPointError, match=r"^hypergradient: method 'overflowing' returned a non-finite loss "
+                                                 r"from finite losses at the given parameters; check its settings"):
+        bilevel.hypergradient(g, f, inner, outer, None, None, Overflowing())

@@ -56,6 +56,20 @@ def test_f2sa_in_the_engine_starts_y_at_z_before_the_first_inner_step_and_steps_
     assert relative_error(PROBLEM.flat(engine.inner.params).detach(), z1) <= 1e-14
     assert relative_error(y1 - z1, -lr / multiplier * PROBLEM.outer_grad_w(z0, x0)) <= 1e-12
 
+
+def test_f2sa_keeps_y_and_z_in_lockstep_when_the_engine_reuses_the_inner_gradient_order():
+    """With reuse_inner_gradient=True the Engine calls the method before z's inner step: y must not step on that
+    first call (it would run a round ahead of z, and lambda times the offset would enter h), and the run reaches x*
+    as in the default order."""
+    engine = quadratic_engine(F2SA(multiplier=50.0, lr=0.1), outer_steps=1, inner_steps=1, inner_lr=0.1,
+                              reuse_inner_gradient=True)
+    engine.run()
+    assert torch.equal(PROBLEM.flat(engine.method_state["y"]), PROBLEM.w0)  # y_1 = y_0 = z_0: no step yet
+    assert engine.last_result.diagnostics["gradient_evaluations"] == 3  # h's three passes only
+    path = run(quadratic_engine(F2SA(multiplier=1e6, steps=5), outer_steps=300, inner_steps=5,
+                                reuse_inner_gradient=True))
+    assert relative_error(path[-1], X_STAR) <= 1e-6, relative_error(path[-1], X_STAR)
+
 def penalty_solution(problem, x, multiplier):
     """y*_lambda(x) = argmin_y f(x, y) + lambda g(x, y) = (I + lambda A)^-1 (t + lambda (B x - c))."""
     n = problem.A.shape[0]
@@ -241,3 +255,9 @@ def test_f2sa_whose_y_steps_diverge_says_so_instead_of_running_on(y_step, advice
             result = bilevel.hypergradient(inner_loss, outer_loss, w, x, None, None, method, state=state,
                                            return_result=True)
             state = result.state
+    # y steps that overflow its own losses to inf within one call (float32, 8 steps of 20) are still a divergence,
+    # not a non-finite loss: the losses at the y the call started from were finite
+    w32, x32 = {"w": torch.ones(3)}, {"x": torch.zeros(3)}
+    with pytest.raises(bilevel.solvers.SolverDivergedError, match=r"^F2SA: the second inner copy y diverged at call 1"):
+        bilevel.hypergradient(inner_loss, outer_loss, w32, x32, None, None, F2SA(lr=20.0, multiplier=1.0, steps=8,
+                                                                                 y_step=y_step))

@@ -43,6 +43,17 @@ def position_limit(config) -> int | None:
     unused = (getattr(config, "pad_token_id", None) or 0) + 1 if model_type in POSITIONS_AFTER_PADDING else 0
     return int(limit) - unused
 
+
+def _longest(dataset: datasets.Dataset) -> int:
+    """The most tokens in a row of ``dataset``, read off its Arrow column (no Python lists of every row)."""
+    import pyarrow.compute as pc
+
+    if len(dataset) == 0:
+        return 0
+    table = dataset.flatten_indices().data if dataset._indices is not None else dataset.data
+    return int(pc.max(pc.list_value_length(table.column("input_ids"))).as_py() or 0)
+
+
 class Task:
     """Tokenized splits plus everything kind-specific: collate, model head, evaluation.
 
@@ -128,10 +139,10 @@ class Task:
             logger.info("new task head %s: initialised afresh (%s has none of this shape) and trained with the LoRA "
                         "weights", ", ".join(new), model_name_or_path)
             self._new_head_logged = True
+        self._check_positions(model, model_name_or_path)  # on the config as built (RoBERTa's offset is its pad id)
         model.config.pad_token_id = self.tokenizer.pad_token_id
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.pad_token_id = self.tokenizer.pad_token_id
-        self._check_positions(model, model_name_or_path)
         return model
 
     def _check_positions(self, model, name: str) -> None:
@@ -141,7 +152,7 @@ class Task:
         if limit is None:
             return
         splits = [d for d in (self.train, self.evaluation, self.test) if d is not None and "input_ids" in d.column_names]
-        longest = max((max(map(len, d["input_ids"]), default=0) for d in splits), default=0)
+        longest = max((_longest(d) for d in splits), default=0)
         if longest > limit:
             raise DataError(f"examples of up to {longest} tokens (--max-length {self.config.max_length}) do not fit "
                             f"{name}, which has {limit} positions; pass --max-length {limit} or less")
