@@ -7,6 +7,7 @@ and `score`; `autolora.tasks.TASK_KINDS` lists them by kind, and nothing else ke
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from typing import TYPE_CHECKING
@@ -42,6 +43,18 @@ def position_limit(config) -> int | None:
         return None
     unused = (getattr(config, "pad_token_id", None) or 0) + 1 if model_type in POSITIONS_AFTER_PADDING else 0
     return int(limit) - unused
+
+
+@contextlib.contextmanager
+def _evaluating(model):
+    """Eval mode without gradients; the model's train/eval mode restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
 
 
 def _longest(dataset: datasets.Dataset) -> int:
@@ -197,24 +210,14 @@ class Task:
             raise DataError(f"evaluate: no evaluation data for this {self.kind} task; set validation_file")
         if "labels" not in dataset.column_names:
             raise DataError(f"evaluate: the dataset has no labels (columns: {', '.join(dataset.column_names)})")
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                return self._predict(model, dataset, batch_size)
-        finally:
-            model.train(was_training)
+        with _evaluating(model):
+            return self._predict(model, dataset, batch_size)
 
     def predict(self, model, dataset: datasets.Dataset, batch_size: int = 64) -> list:
         """One prediction per row of `dataset`, whether it has labels or not (a hub's hidden test labels): a class
         name, a number, a tag per word or a generated text, by kind. Eval mode without gradients, as `evaluate`."""
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                return self._predictions(model, dataset, batch_size)
-        finally:
-            model.train(was_training)
+        with _evaluating(model):
+            return self._predictions(model, dataset, batch_size)
 
     def _predictions(self, model, dataset: datasets.Dataset, batch_size: int) -> list:
         raise NotImplementedError
