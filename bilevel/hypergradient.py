@@ -105,6 +105,7 @@ def _checked(loss: Callable, role: str, keys: str) -> Callable:
             raise ValueError(f"hypergradient: {role} returned {shape}, not a scalar tensor; reduce it (e.g. .mean())")
         return value.reshape(())
 
+    call.__wrapped__ = loss  # the plain loss, for products that compile it (bilevel.autodiff.compiled)
     return call
 
 

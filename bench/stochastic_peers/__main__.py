@@ -25,7 +25,7 @@ TIMING = ("logreg_ijcnn1", "datacleaning_wide")  # both sides' solvers only, --t
 
 
 def run_problem(name: str, checkout: str, solvers, steps: int, every: int, past: int = 0,
-                epoch: int = 50, repeats: int = 1) -> dict:
+                epoch: int = 50, repeats: int = 1, compile_products: bool = False) -> dict:
     """Both sides for ``steps`` iterations; ours of a solver both have ``past`` more, to see where it reaches their
     final figure when that is after their last step; the wall times the fastest of ``repeats`` runs."""
     problem = PROBLEMS[name]()
@@ -37,7 +37,7 @@ def run_problem(name: str, checkout: str, solvers, steps: int, every: int, past:
     for solver in solvers:
         ours_steps = steps + past if solver in settings.BOTH_SIDES else steps
         rows[(solver, "ours")] = ours.run(name, problem, solver, ours_steps, every, inner_starts, outer_starts,
-                                          repeats)
+                                          repeats, compile_products)
         if solver in settings.BOTH_SIDES:
             instance = theirs.build(checkout, solver, name, problem, settings.their_parameters(name, solver))
             rows[(solver, "theirs")] = theirs.run(instance, steps, every, problem["figure"],
@@ -86,6 +86,8 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3,
                         help="runs per solver and side on the timing problems (" + ", ".join(TIMING) + "); the "
                              "fastest gives the wall time")
+    parser.add_argument("--compile-products", action="store_true",
+                        help="our AmIGO with AmIGO(compile_products=True): its Hessian-vector products compiled")
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc's malloc as it is (by default bilevel.keep_freed_memory() keeps freed "
                              "blocks in the process, for both sides: it is one process)")
@@ -112,7 +114,7 @@ def main(argv=None):
         steps = args.timing_steps if timing else args.steps
         past = int(round(steps * args.past / args.every)) * args.every
         results[name] = run_problem(name, args.checkout, solvers, steps, args.every, past, args.epoch,
-                                    args.repeats if timing else 1)
+                                    args.repeats if timing else 1, args.compile_products)
         loads[name] = (before, os.getloadavg())
     text = report.table(results, loads, args.threads)
     difference = lockstep_check(args.checkout, "quadratic", 200)

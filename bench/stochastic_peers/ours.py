@@ -30,16 +30,19 @@ def _power_schedule(exponent: float, per_outer: int = 1):
     return lambda step: (step // per_outer + 1) ** -exponent
 
 
-def plan(problem_name: str, solver: str, steps: int):
+def plan(problem_name: str, solver: str, steps: int, compile_products: bool = False):
     """``(spec, inner_steps, inner_decay, outer_decay, reuse)``: our Engine settings that match their solver's;
     ``reuse``: the Engine takes its first inner step with the inner gradient the method computed (SOBA: the
-    paper's order, w, v and x moved from the same point, as theirs does)."""
+    paper's order, w, v and x moved from the same point, as theirs does). ``compile_products``: AmIGO's products
+    compiled (the same numbers, in less time)."""
     step = settings.STEPS[problem_name]["step_size"]
     n = settings.N_INNER_STEPS
     if solver == "soba":
         return bilevel.MethodSpec("soba", {"step": step, "decay": 0.5}), 1, 0.5, 0.5, True
     if solver == "amigo":  # a fresh batch per linear-system step and for the mixed product, as theirs draws them
-        return bilevel.MethodSpec("amigo", {"iterations": n, "step": step, "fresh_batches": True}), n, 0.0, 0.0, False
+        spec = bilevel.MethodSpec("amigo", {"iterations": n, "step": step, "fresh_batches": True,
+                                            "compile_products": compile_products})
+        return spec, n, 0.0, 0.0, False
     if solver == "f2sa":  # their schedules: y step t^-5/7 (not over lambda), lambda += delta t^-1/7, z and x t^-4/7
         multiplier = settings.F2SA_MULTIPLIER
         spec = bilevel.MethodSpec("f2sa", {"lr": step, "decay": 5 / 7, "y_step": "lr", "steps": n,
@@ -51,22 +54,22 @@ def plan(problem_name: str, solver: str, steps: int):
 
 
 def run(problem_name: str, problem: dict, solver: str, steps: int, every: int, inner_starts, outer_starts,
-        repeats: int = 1):
+        repeats: int = 1, compile_products: bool = False):
     """Run ``steps`` outer steps; a checkpoint every ``every`` steps as in :func:`bench.stochastic_peers.theirs.run`.
 
     ``seconds`` is the Engine's time with the figure's evaluation left out. With ``repeats`` > 1 the same run (the
     same batches, so the same figures) is made that many times and the fastest is kept: on a shared machine the
     noise only ever adds time.
     """
-    runs = [_run_once(problem_name, problem, solver, steps, every, inner_starts, outer_starts)
+    runs = [_run_once(problem_name, problem, solver, steps, every, inner_starts, outer_starts, compile_products)
             for _ in range(repeats)]
     figures = [[{k: v for k, v in p.items() if k != "seconds"} for p in points] for points in runs]
     assert all(f == figures[0] for f in figures), "a repeated run differs: the comparison needs deterministic runs"
     return min(runs, key=lambda points: points[-1]["seconds"])
 
 
-def _run_once(problem_name, problem, solver, steps, every, inner_starts, outer_starts):
-    spec, inner_steps, inner_decay, outer_decay, reuse = plan(problem_name, solver, steps)
+def _run_once(problem_name, problem, solver, steps, every, inner_starts, outer_starts, compile_products=False):
+    spec, inner_steps, inner_decay, outer_decay, reuse = plan(problem_name, solver, steps, compile_products)
     inner_lr, outer_lr = settings.STEPS[problem_name]["step_size"], settings.outer_step(problem_name, solver)
 
     def level(role, initial, data, lr, decay, per_outer):

@@ -1,0 +1,50 @@
+"""AmIGO's products compiled (torch.compile of a torch.func vjp of the gradient) give the eager products' numbers:
+on fresh batches and on one shared batch, with gradient descent and CG, in the functional API and in the Engine."""
+import shutil
+
+import pytest
+import torch
+
+from bilevel import StepBatches
+from bilevel.autodiff import compiled
+from bilevel.methods import AmIGO
+from problems import DT, Ridge, hypergradient, relative_error
+from tests.bilevel.stochastic_quadratic import outer_value, quadratic_engine
+
+pytestmark = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                                reason="torch.compile's inductor needs a C++ compiler")
+PROBLEM = Ridge(per_feature=True)  # its Hessian depends on the batch, so each batch's product is its own
+X, Y = PROBLEM.inner_batch
+
+
+@pytest.mark.parametrize("settings", [{"fresh_batches": True}, {}, {"solver": "cg", "iterations": 4}],
+                         ids=["fresh_batches", "shared_batch", "cg"])
+def test_compiled_products_give_the_eager_products_numbers(settings):
+    w, x = PROBLEM.w0, PROBLEM.x0
+    q0 = PROBLEM.inner_params(torch.randn(len(w), generator=torch.Generator().manual_seed(4), dtype=DT))
+    batches = [(X[i::4], Y[i::4]) for i in range(4)]
+    batch = StepBatches(batches) if settings.get("fresh_batches") else batches[0]
+    method = {"iterations": 3, "step": 0.3, **settings}
+    eager, eager_result = hypergradient(PROBLEM, AmIGO(**method), w, x, inner_batch=batch, state=q0,
+                                        return_result=True)
+    fused, fused_result = hypergradient(PROBLEM, AmIGO(**method, compile_products=True), w, x, inner_batch=batch,
+                                        state=q0, return_result=True)
+    assert relative_error(fused, eager) <= 1e-12
+    assert relative_error(PROBLEM.flat(fused_result.state), PROBLEM.flat(eager_result.state)) <= 1e-12
+    assert fused_result.diagnostics["hvp"] == fused_result.diagnostics["gradient_evaluations"] - 1 >= 4
+
+
+def test_the_engine_runs_compiled_products_once_compiled_and_on_the_eager_path():
+    compiled._compiled.clear()
+    paths = {}
+    for flag in (False, True):
+        engine = quadratic_engine(AmIGO(compile_products=flag), outer_steps=30, inner_steps=1)
+        engine.run()
+        paths[flag] = outer_value(engine)
+    assert relative_error(paths[True], paths[False]) <= 1e-12
+    assert len(compiled._compiled) == 1  # one compiled product for the Engine's inner loss, over all its steps
+
+
+def test_compile_products_must_be_a_bool():
+    with pytest.raises(ValueError, match=r"^AmIGO: compile_products must be True or False, got 'yes'$"):
+        AmIGO(compile_products="yes")
