@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 
@@ -236,6 +237,9 @@ def _check_retrain_output(out: str, overwrite: bool, create: bool = True) -> Non
 def _finish_retrain(out: str, result, task, retrain_config: RetrainConfig) -> dict:
     """Save adapter/, evaluate, complete metrics.json and save merged/; rank 0's job under torchrun. The adapter is
     saved first, so that a failing evaluation loses no training; merging consumes the model, so it comes last."""
+    stale = os.path.join(out, PREDICTIONS)
+    if os.path.exists(stale):  # an earlier adapter's predictions must not sit beside this one, whatever fails next
+        os.remove(stale)
     retrain_module.save_adapter(result.model, os.path.join(out, "adapter"))
     start = time.perf_counter()
     evaluation = (task.evaluate(result.model, task.evaluation, batch_size=retrain_config.eval_batch_size)
@@ -262,14 +266,12 @@ def _score_test_split(task, model, batch_size: int, out: str) -> dict | None:
     everything was chosen on the other splits; None when there is none or it has no labels (a hub's hidden ones).
     An unlabeled test split gets its predictions written instead, one JSON line per row in the split's order
     (``predictions_test.jsonl``: what a leaderboard submission is made from)."""
-    path = os.path.join(out, PREDICTIONS)
-    if os.path.exists(path):  # an earlier adapter's predictions are not this one's
-        os.remove(path)
+    path = os.path.join(out, PREDICTIONS)  # an earlier adapter's was removed before this one was saved
     if task.test is None or len(task.test) == 0:
         return None
     if "labels" not in task.test.column_names:
         predictions = task.predict(model, task.test, batch_size=batch_size)
-        write_bytes_atomic(path, "".join(json.dumps({"index": index, "prediction": prediction}) + "\n"
+        write_bytes_atomic(path, "".join(json.dumps({"index": index, "prediction": _json_value(prediction)}) + "\n"
                                          for index, prediction in enumerate(predictions)).encode("utf-8"))
         logger.info("test split %s has no labels: not scored; %d predictions written to %s",
                     task.sources.get("test", "test"), len(predictions), path)
@@ -277,6 +279,11 @@ def _score_test_split(task, model, batch_size: int, out: str) -> dict | None:
     test = task.evaluate(model, task.test, batch_size=batch_size)
     logger.info("test: %s", test)
     return test
+
+
+def _json_value(prediction):
+    """A prediction as valid JSON: a non-finite number (a diverged regression head) as null."""
+    return None if isinstance(prediction, float) and not math.isfinite(prediction) else prediction
 
 
 def run(run_config: RunConfig, data_config, config: AutoLoraConfig, search_config: SearchConfig,

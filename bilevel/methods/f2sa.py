@@ -104,15 +104,16 @@ class F2SA(HypergradientMethod):
         *outer_steps, outer_last = per_step_batches(outer_batch, self.steps + 1, "F2SA")
         alpha = self.lr * (calls + 1) ** -(self.decay or 0.0) / (penalty if self.y_step == "lr/multiplier" else 1.0)
         fixed_x = P.detached(outer_params)
-        y, start_losses = state["y"], []
-        for inner_b, outer_b in zip(inner_steps, outer_steps) if step_y else ():
+        y, visited, z = state["y"], [], P.detached(inner_params)
+        for step, (inner_b, outer_b) in enumerate(zip(inner_steps, outer_steps) if step_y else ()):
+            gap = None if step == 0 else P.norm(P.sub(y, z))  # the first y is the one the last check accepted
             y = P.detached(y, requires_grad=True)
             outer_value, (outer_y,) = loss_gradients(outer_loss, y, fixed_x, outer_b, (y,))
             inner_value, (inner_y,) = loss_gradients(inner_loss, y, fixed_x, inner_b, (y,))
-            start_losses = start_losses or [outer_value, inner_value]  # at the y the last check accepted
+            visited.append((gap, outer_value, inner_value))
             y = P.detached(P.add(y, P.add(outer_y, inner_y, penalty), -alpha))
         if step_y:
-            self._check_y(y, inner_params, alpha, penalty, calls, start_losses)
+            self._check_y(y, inner_params, alpha, penalty, calls, visited)
         at = P.detached(y, requires_grad=True)  # a loss that ignores x still has a graph
         outer, (outer_x,) = loss_gradients(outer_loss, at, outer_params, outer_last, (outer_params,))
         _, (at_y,) = loss_gradients(inner_loss, at, outer_params, inner_last, (outer_params,))
@@ -124,16 +125,23 @@ class F2SA(HypergradientMethod):
         return HypergradientResult(grads, diagnostics, {"y": y, "calls": calls + 1, "multiplier": grown,
                                                         "fresh": False})
 
-    def _check_y(self, y, z, alpha: float, penalty: float, calls: int, start_losses: list) -> None:
+    def _check_y(self, y, z, alpha: float, penalty: float, calls: int, visited: list) -> None:
         """Refuse a y whose steps diverge: the step alpha times the curvature of f + lambda g must stay below 2, and
-        the default lr / lambda ensures that only while f's curvature is small next to lambda times g's. A NaN that
-        a loss gives at the y this call started from (which the last check accepted) is the loss's, not the step's:
-        it flows on, and the caller's check names the loss."""
-        gap, size = float(P.norm(P.sub(y, P.detached(z)))), float(P.norm(P.detached(z)))
-        diverged = not math.isfinite(gap) or gap > BLOWUP * (size + 1.0)
-        if diverged and bool(torch.isfinite(torch.stack(start_losses)).all()):
-            raise SolverDivergedError(
-                f"F2SA: the second inner copy y diverged at call {calls + 1} (|y - z| = {gap:.3g}, |z| = {size:.3g}): "
-                f"its step {alpha:.3g} is too large for the curvature of f + {penalty:.3g} g; pass a smaller lr, e.g. "
-                f"lr={self.lr / 4:.3g}" + (", or a larger multiplier" if self.y_step == "lr/multiplier" else ""))
+        the default lr / lambda ensures that only while f's curvature is small next to lambda times g's. A loss that
+        is not finite at a y still within bounds (the first of the call, which the last check accepted, or a later
+        one near z) is the loss's fault, not the step's: its NaN flows on, and the caller's check names the loss.
+        ``visited``: per y step, (|y - z| before it, or None for the first; its two losses)."""
+        size, final = float(P.norm(P.detached(z))), float(P.norm(P.sub(y, P.detached(z))))
+        out_of_bounds = lambda gap: not math.isfinite(gap) or gap > BLOWUP * (size + 1.0)  # noqa: E731
+        if not out_of_bounds(final):
+            return
+        for gap, *losses in visited:  # the first step whose losses are not finite: was y still in bounds there?
+            if not bool(torch.isfinite(torch.stack(losses)).all()):
+                if gap is None or not out_of_bounds(float(gap)):
+                    return
+                break
+        raise SolverDivergedError(
+            f"F2SA: the second inner copy y diverged at call {calls + 1} (|y - z| = {final:.3g}, |z| = {size:.3g}): "
+            f"its step {alpha:.3g} is too large for the curvature of f + {penalty:.3g} g; pass a smaller lr, e.g. "
+            f"lr={self.lr / 4:.3g}" + (", or a larger multiplier" if self.y_step == "lr/multiplier" else ""))
 

@@ -338,6 +338,7 @@ def test_predictions_are_what_evaluate_scores(tmp_path, bert_tokenizer, tiny_ber
     tags = token_task.predict(model, token_task.evaluation, batch_size=1)
     words = [["EU", "rejects", "Zanzibarish", "call"], ["Peter", "Blackburn"]]
     assert [len(row) for row in tags] == [len(row) for row in words]  # one tag per word, sub-tokens merged
+    assert all(tag in token_task.label_names for row in tags for tag in row)
     gold = [["B-ORG", "O", "B-MISC", "O"], ["B-PER", "I-PER"]]
     accuracy = sum(p == g for row, truth_row in zip(tags, gold) for p, g in zip(row, truth_row)) / 6
     assert accuracy == pytest.approx(token_task.evaluate(model, batch_size=1)["accuracy"], abs=1e-12)
@@ -352,6 +353,23 @@ def test_predictions_are_what_evaluate_scores(tmp_path, bert_tokenizer, tiny_ber
     # in the data's units, not standardized; evaluate's references went through float32 standardization and back
     assert mse == pytest.approx(regression.evaluate(model)["mse"], rel=1e-6)
 
+
+
+def test_token_predictions_line_up_with_every_word(tmp_path, bert_tokenizer, tiny_bert_dir):
+    """A word the tokenizer maps to nothing (a zero-width space) and words cut by max_length get null, so that the
+    tags stay at their words' positions (a CoNLL scorer lines them up by position)."""
+    rows = [{"tokens": ["EU", "rejects", "call"], "ner_tags": ["B-ORG", "O", "O"]},
+            {"tokens": ["Peter", "Blackburn"], "ner_tags": ["B-PER", "I-PER"]}]
+    test = [{"tokens": ["EU", "\u200b", "rejects", "call"]}, {"tokens": ["a"] * 20}]
+    task = build_task(DataConfig(train_file=write_jsonl(tmp_path / "train.jsonl", rows),
+                                 test_file=write_jsonl(tmp_path / "test.jsonl", test), max_length=8), bert_tokenizer)
+    assert "labels" not in task.test.column_names
+    model = task.load_model(tiny_bert_dir)
+    tags = task.predict(model, task.test, batch_size=2)
+    assert [len(row) for row in tags] == [4, 20]
+    assert tags[0][1] is None and None not in (tags[0][0], tags[0][2], tags[0][3])  # "rejects" keeps its place
+    assert None not in tags[1][:6]
+    assert tags[1][6:] == [None] * 14  # [CLS] + 6 words + [SEP] = 8 tokens
 
 def test_generation_predictions_are_one_text_per_row(tmp_path, gpt2_dir):
     tokenizer = load_tokenizer(gpt2_dir)

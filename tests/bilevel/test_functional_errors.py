@@ -102,3 +102,18 @@ def test_a_method_reporting_a_non_finite_loss_of_its_own_iterates_is_named():
     with pytest.raises(FloatingPointError, match=r"^hypergradient: method 'overflowing' returned a non-finite loss "
                                                  r"from finite losses at the given parameters; check its settings"):
         bilevel.hypergradient(g, f, inner, outer, None, None, Overflowing())
+
+
+def test_f2sa_leaves_a_nan_loss_on_a_later_fresh_batch_to_the_loss_check_not_to_its_divergence_check():
+    """The second y step's batch makes the outer loss NaN at a y that is still next to z: that is the loss's NaN, so
+    it flows on to the caller (here unchecked) instead of being called a diverging step."""
+    g, f, inner, outer = quadratic()
+
+    def outer_loss(w, x, batch):
+        return f(w, x, None) * (float("nan") if batch == "bad" else 1.0)
+
+    method = bilevel.methods.F2SA(lr=0.01, steps=2, fresh_batches=True)
+    result = bilevel.hypergradient(g, outer_loss, inner, outer, bilevel.StepBatches(["ok", "ok", "ok"]),
+                                   bilevel.StepBatches(["ok", "bad", "ok"]), method, check_finite=False,
+                                   return_result=True)
+    assert not torch.isfinite(result.grads["x"]).all()  # reached the caller, no SolverDivergedError on the way

@@ -3,7 +3,7 @@
 A task owns the tokenized splits, the collate function that pads a batch to its longest sequence, the model head
 that fits the data, and the evaluation that turns a model into metrics.  Kinds subclass `Task`, declare their
 facts as class attributes (kind, PEFT task type, metrics, columns) and fill in `_tokenize`, `collate`, `_predict`
-and `score`; `autolora.tasks.TASK_KINDS` lists them by kind, and nothing else keeps a table of them.
+(metrics), `_predictions` (one prediction per row, labels or not) and `score`; `autolora.tasks.TASK_KINDS` lists them by kind, and nothing else keeps a table of them.
 """
 from __future__ import annotations
 

@@ -7,12 +7,16 @@ Evaluation scores one tag per word with seqeval.
 """
 from __future__ import annotations
 
+import logging
+
 from autolora.data import DataError
 from autolora.metrics import token_classification_metrics
 from autolora.tasks.base import Task
 from autolora.tasks.detection import is_list_feature
 
 IGNORE_INDEX = -100
+
+logger = logging.getLogger(__name__)
 
 
 class TokenClassificationTask(Task):
@@ -80,9 +84,11 @@ class TokenClassificationTask(Task):
         def tokenize(batch, indices):
             encoded = self.tokenizer(batch[words], is_split_into_words=True, truncation=True,
                                      max_length=self.config.max_length)
-            # each sub-token's word (-1: a special token), so that predictions map back to words without labels
+            # each sub-token's word (-1: a special token) and the row's word count, so that predictions map back to
+            # every word without labels
             encoded["word_ids"] = [[-1 if w is None else w for w in encoded.word_ids(i)]
                                    for i in range(len(indices))]
+            encoded["word_count"] = [len(row) for row in batch[words]]
             if has_labels:
                 encoded["labels"] = [self._align(encoded.word_ids(i), tag_lists[index], label_all)
                                      for i, index in enumerate(indices)]
@@ -112,18 +118,27 @@ class TokenClassificationTask(Task):
         """Pads inputs to the longest row and labels with -100."""
         from transformers import DataCollatorForTokenClassification
 
-        inputs = [{key: value for key, value in row.items() if key != "word_ids"} for row in features]
+        inputs = [{key: value for key, value in row.items() if key not in ("word_ids", "word_count")}
+                  for row in features]
         return dict(DataCollatorForTokenClassification(self.tokenizer, label_pad_token_id=IGNORE_INDEX)(inputs))
 
     def _predictions(self, model, dataset, batch_size):
-        """A tag for each word a row kept after truncation: the prediction at the word's first sub-token."""
-        predictions, word_ids = [], dataset["word_ids"]
+        """One entry per word of each row, in order: the tag predicted at the word's first sub-token, or None for a
+        word with no sub-token left (cut by max_length, or one the tokenizer maps to nothing), so that tags line up
+        with words by position."""
+        predictions, word_ids, counts, missing = [], dataset["word_ids"], dataset["word_count"], 0
         for start, batch in zip(range(0, len(dataset), batch_size), self.batches(dataset, batch_size)):
             best = model(**self._inputs(batch, model)).logits.argmax(-1).tolist()
             for row, tokens in enumerate(best):
-                words = word_ids[start + row]
-                first = [i for i, word in enumerate(words) if word >= 0 and (i == 0 or words[i - 1] != word)]
-                predictions.append([self.label_names[tokens[i]] for i in first])
+                tags = [None] * counts[start + row]
+                for position, word in enumerate(word_ids[start + row]):
+                    if word >= 0 and tags[word] is None:
+                        tags[word] = self.label_names[tokens[position]]
+                missing += tags.count(None)
+                predictions.append(tags)
+        if missing:
+            logger.info("%d word(s) had no sub-token left (cut by --max-length %d, or empty to the tokenizer): "
+                        "predicted as null", missing, self.config.max_length)
         return predictions
 
     def _predict(self, model, dataset, batch_size):
