@@ -3,8 +3,9 @@
 Each eager PyTorch operation on a large parameter allocates a new result, and glibc's malloc hands blocks of that
 size back to the operating system when they are freed (an ``mmap`` per block, or a trim of its heap). The next step
 then page-faults its way through the same memory again: on the 100,100-parameter data-cleaning benchmark
-(docs/stochastic.md) an AmIGO step through the Engine took about 3,000 page faults and ran 10-20% slower than the
-same step written by hand, whose allocation order happened to trim less. With both thresholds raised the faults are
+(docs/stochastic.md, ``python -m bench.stochastic_peers.page_faults``) an AmIGO step through the Engine took
+3,000-5,900 page faults and ran 17-31% slower than the same step written by hand, whose allocation order happened to
+trim less. With both thresholds raised the faults are
 gone and the two take the same time. The setting is process-wide, so it is an explicit opt-in (as LD_PRELOAD of
 jemalloc or tcmalloc is, which PyTorch's CPU tuning guide suggests for the same reason).
 """

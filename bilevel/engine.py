@@ -89,8 +89,7 @@ class Engine:
         """One outer step with its inner steps, in the configured order; returns the result and the last inner loss."""
         config = self.config
         if self.method_state is None:  # before the inner parameters move (a fresh run, or one resumed from none)
-            self.method_state = self.method.initial_state(detached(self.inner.stored_params),
-                                                          detached(self.outer.stored_params))
+            self.method_state = self.method.initial_state(self.inner.stored_params, self.outer.stored_params)
         if config.reuse_inner_gradient and config.inner_steps >= 1 and not self._scaler.is_enabled():
             result, inner_loss = self._outer_then_inner_step()
             for _ in range(config.inner_steps - 1):

@@ -19,6 +19,7 @@ import torch
 import bilevel
 from bench import stochastic
 
+from . import theirs
 from .theirs import jax, jnp
 
 BATCH = 64
@@ -58,25 +59,16 @@ def torch_primitives(problem):
 
 
 def jax_primitives(problem, w, x, v, n_batches):
-    """The same two in JAX, jitted: ``jax.grad`` and a ``jax.vjp`` of it (as their solvers take H v)."""
-    rows, labels, index = (jnp.asarray(t.numpy()) for t in problem["inner_data"])
-
-    def loss(weights, bias, outer, start):
-        features = jax.lax.dynamic_slice_in_dim(rows, start, BATCH)
-        targets = jax.lax.dynamic_slice_in_dim(labels, start, BATCH)
-        picked = jax.lax.dynamic_slice_in_dim(index, start, BATCH)
-        log_probs = jax.nn.log_softmax(features @ weights + bias)
-        losses = -jnp.take_along_axis(log_probs, targets[:, None], 1)[:, 0]
-        return (jax.nn.sigmoid(outer[picked]) * losses).mean() + 1e-3 * (weights ** 2).sum()
-
-    grad = jax.grad(loss, argnums=(0, 1))
-    gradient = jax.jit(grad)
-    hvp = jax.jit(lambda W, b, outer, start, vW, vb: jax.vjp(lambda W_, b_: grad(W_, b_, outer, start),
-                                                              W, b)[1]((vW, vb)))
-    W, b, outer = (jnp.asarray(t.detach().numpy()) for t in (w["W"], w["b"], x["x"]))
-    vW, vb = (jnp.asarray(t.numpy()) for t in v)
-    product = lambda i: jax.block_until_ready(hvp(W, b, outer, (i % n_batches) * BATCH, vW, vb))  # noqa: E731
-    return {"gradient": lambda i: jax.block_until_ready(gradient(W, b, outer, (i % n_batches) * BATCH)),
+    """The same two in JAX, jitted, on the side-by-side runner's own oracle (:func:`theirs.oracles`, flat inner
+    vector): ``jax.grad`` and a ``jax.vjp`` of it (as their solvers take H v)."""
+    f_inner = theirs.oracles("datacleaning_wide", problem)[0]
+    grad = jax.grad(f_inner)
+    gradient = jax.jit(lambda w_, x_, start: grad(w_, x_, start, BATCH))
+    hvp = jax.jit(lambda w_, x_, start, v_: jax.vjp(lambda u: grad(u, x_, start, BATCH), w_)[1](v_)[0])
+    flat = lambda tensors: jnp.concatenate([jnp.asarray(t.detach().numpy()).reshape(-1) for t in tensors])  # noqa
+    weights, outer, direction = flat(w.values()), flat(x.values()), flat(v)
+    product = lambda i: jax.block_until_ready(hvp(weights, outer, (i % n_batches) * BATCH, direction))  # noqa: E731
+    return {"gradient": lambda i: jax.block_until_ready(gradient(weights, outer, (i % n_batches) * BATCH)),
             "hessian-vector product": product, COMPILED: product}
 
 
@@ -95,7 +87,8 @@ def table(repeats: int = 3) -> str:
     ours, state = torch_primitives(problem)
     theirs = jax_primitives(problem, *state)
     for name in ours:  # the same numbers first: both sides compute one function
-        difference = max(float(np.abs(np.asarray(a) - b.numpy()).max()) for a, b in zip(theirs[name](3), ours[name](3)))
+        flat_ours = np.concatenate([t.detach().numpy().reshape(-1) for t in ours[name](3)])  # flat, as theirs
+        difference = float(np.abs(np.asarray(theirs[name](3)) - flat_ours).max())
         assert difference < 1e-10, f"{name}: PyTorch and JAX differ by {difference:.3g}"
     lines = ["| primitive | PyTorch eager (ms) | JAX jit (ms) | ratio |", "|---|---|---|---|"]
     for name in ours:

@@ -73,8 +73,9 @@ class HypergradientMethod:
         """The state to start from, taken by the Engine before the first iteration's inner steps (default None).
 
         For a method whose state must start where the inner parameters start, before the Engine moves them (F2SA's
-        second inner copy: y_0 = z_0, so that y and z step in lockstep from the first iteration). ``compute`` still
-        gets ``state=None`` from callers that keep no state (the functional API).
+        second inner copy: y_0 = z_0, so that y and z step in lockstep from the first iteration). It gets the levels'
+        live parameters: copy what it keeps, change nothing. ``compute`` still gets ``state=None`` from callers that
+        keep no state (the functional API).
         """
         return None
 

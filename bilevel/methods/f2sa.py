@@ -1,6 +1,7 @@
 """F2SA: a fully first-order penalty method with a second copy of the inner variables (Kwon et al., ICML 2023)."""
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -87,59 +88,66 @@ class F2SA(HypergradientMethod):
         return (self.steps + 1, self.steps + 1) if self.fresh_batches else super().batches_per_call()
 
     def initial_state(self, inner_params, outer_params):
-        """y_0 = z_0, taken before the Engine's first inner steps; ``fresh`` until the first call."""
+        """y_0 = z_0, taken before the Engine's first inner steps."""
         return {"y": {k: v.detach().clone() for k, v in inner_params.items()}, "calls": 0,
-                "multiplier": self.multiplier, "fresh": True}
+                "multiplier": self.multiplier}
 
     def compute(self, inner_loss, outer_loss, inner_params, outer_params, inner_batch, outer_batch, state=None):
-        if state is None:  # no caller keeps state (the functional API): y_0 = z as given, and y takes its steps
-            state = {**self.initial_state(inner_params, outer_params), "fresh": False}
+        # Lockstep: y takes a round of steps on every call in which z has had one. A state from initial_state
+        # (calls 0) meets z unmoved when the Engine calls the method before z's steps (reuse_inner_gradient): y waits
+        # then. Without state (the functional API) y_0 = z as given, and y takes its steps.
+        from_initial_state = state is not None and state["calls"] == 0
+        state = self.initial_state(inner_params, outer_params) if state is None else state
         calls, penalty = state["calls"], state["multiplier"]
-        # Lockstep: y takes a round of steps on every call in which z has had one. On the first call after
-        # initial_state, z has moved only if the Engine stepped it before the call (its default order); with
-        # reuse_inner_gradient the call comes first, z is still z_0, and y waits too.
-        step_y = not state.get("fresh") or not all(torch.equal(state["y"][k], v.detach())
+        step_y = not from_initial_state or not all(torch.equal(state["y"][k], v.detach())
                                                    for k, v in inner_params.items())
         *inner_steps, inner_last = per_step_batches(inner_batch, self.steps + 1, "F2SA")  # a plain batch: every step
         *outer_steps, outer_last = per_step_batches(outer_batch, self.steps + 1, "F2SA")
         alpha = self.lr * (calls + 1) ** -(self.decay or 0.0) / (penalty if self.y_step == "lr/multiplier" else 1.0)
         fixed_x = P.detached(outer_params)
-        y, visited, z = state["y"], [], P.detached(inner_params)
-        for step, (inner_b, outer_b) in enumerate(zip(inner_steps, outer_steps) if step_y else ()):
-            gap = None if step == 0 else P.norm(P.sub(y, z))  # the first y is the one the last check accepted
+
+        def y_step(y, batches):
+            """One step of y on f + lambda g; returns the new y and the two losses at the old one."""
+            inner_b, outer_b = batches
             y = P.detached(y, requires_grad=True)
             outer_value, (outer_y,) = loss_gradients(outer_loss, y, fixed_x, outer_b, (y,))
             inner_value, (inner_y,) = loss_gradients(inner_loss, y, fixed_x, inner_b, (y,))
-            visited.append((gap, outer_value, inner_value))
-            y = P.detached(P.add(y, P.add(outer_y, inner_y, penalty), -alpha))
-        if step_y:
-            self._check_y(y, inner_params, alpha, penalty, calls, visited)
+            return (P.detached(P.add(y, P.add(outer_y, inner_y, penalty), -alpha)),
+                    torch.stack([outer_value.double(), inner_value.double()]))
+
+        plan = list(zip(inner_steps, outer_steps)) if step_y else []
+        y, losses = state["y"], []
+        for batches in plan:
+            y, values = y_step(y, batches)
+            losses.append(values)
+        if plan:
+            replay = lambda k: functools.reduce(lambda y_, b: y_step(y_, b)[0], plan[:k], state["y"])  # noqa: E731
+            self._check_y(y, inner_params, alpha, penalty, calls, losses, replay)
         at = P.detached(y, requires_grad=True)  # a loss that ignores x still has a graph
         outer, (outer_x,) = loss_gradients(outer_loss, at, outer_params, outer_last, (outer_params,))
         _, (at_y,) = loss_gradients(inner_loss, at, outer_params, inner_last, (outer_params,))
         _, (at_z,) = loss_gradients(inner_loss, inner_params, outer_params, inner_last, (outer_params,))
         grads = {k: outer_x[k] + penalty * (at_y[k] - at_z[k]) for k in outer_x}
-        diagnostics = {"gradient_evaluations": 2 * self.steps * step_y + 3, "multiplier": penalty, "y_step": alpha,
+        diagnostics = {"gradient_evaluations": 2 * len(plan) + 3, "multiplier": penalty, "y_step": alpha,
                        "outer_loss": outer}
         grown = penalty + self.multiplier_growth * (calls + 1) ** -self.multiplier_growth_decay
-        return HypergradientResult(grads, diagnostics, {"y": y, "calls": calls + 1, "multiplier": grown,
-                                                        "fresh": False})
+        return HypergradientResult(grads, diagnostics, {"y": y, "calls": calls + 1, "multiplier": grown})
 
-    def _check_y(self, y, z, alpha: float, penalty: float, calls: int, visited: list) -> None:
+    def _check_y(self, y, z, alpha: float, penalty: float, calls: int, losses: list, replay) -> None:
         """Refuse a y whose steps diverge: the step alpha times the curvature of f + lambda g must stay below 2, and
         the default lr / lambda ensures that only while f's curvature is small next to lambda times g's. A loss that
         is not finite at a y still within bounds (the first of the call, which the last check accepted, or a later
         one near z) is the loss's fault, not the step's: its NaN flows on, and the caller's check names the loss.
-        ``visited``: per y step, (|y - z| before it, or None for the first; its two losses)."""
+        ``losses``: the two losses of each y step; ``replay(k)``: the y before step k, recomputed (on this failure
+        path only, so that the steps themselves keep no copies and take no extra passes)."""
         size, final = float(P.norm(P.detached(z))), float(P.norm(P.sub(y, P.detached(z))))
         out_of_bounds = lambda gap: not math.isfinite(gap) or gap > BLOWUP * (size + 1.0)  # noqa: E731
         if not out_of_bounds(final):
             return
-        for gap, *losses in visited:  # the first step whose losses are not finite: was y still in bounds there?
-            if not bool(torch.isfinite(torch.stack(losses)).all()):
-                if gap is None or not out_of_bounds(float(gap)):
-                    return
-                break
+        first_bad = next((k for k, values in enumerate(losses) if not bool(torch.isfinite(values).all())), None)
+        if first_bad == 0 or (first_bad is not None
+                              and not out_of_bounds(float(P.norm(P.sub(replay(first_bad), P.detached(z)))))):
+            return
         raise SolverDivergedError(
             f"F2SA: the second inner copy y diverged at call {calls + 1} (|y - z| = {final:.3g}, |z| = {size:.3g}): "
             f"its step {alpha:.3g} is too large for the curvature of f + {penalty:.3g} g; pass a smaller lr, e.g. "

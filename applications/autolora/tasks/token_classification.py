@@ -84,14 +84,14 @@ class TokenClassificationTask(Task):
         def tokenize(batch, indices):
             encoded = self.tokenizer(batch[words], is_split_into_words=True, truncation=True,
                                      max_length=self.config.max_length)
+            row_words = [encoded.word_ids(i) for i in range(len(indices))]
             # each sub-token's word (-1: a special token) and the row's word count, so that predictions map back to
             # every word without labels
-            encoded["word_ids"] = [[-1 if w is None else w for w in encoded.word_ids(i)]
-                                   for i in range(len(indices))]
+            encoded["word_ids"] = [[-1 if w is None else w for w in ids] for ids in row_words]
             encoded["word_count"] = [len(row) for row in batch[words]]
             if has_labels:
-                encoded["labels"] = [self._align(encoded.word_ids(i), tag_lists[index], label_all)
-                                     for i, index in enumerate(indices)]
+                encoded["labels"] = [self._align(ids, tag_lists[index], label_all)
+                                     for ids, index in zip(row_words, indices)]
             return encoded
 
         return self._map(dataset, tokenize, split)
