@@ -2,8 +2,9 @@
 and ranks (:mod:`.gradients`), and second-derivative products, exact or by finite differences (:mod:`.products`), or compiled (:mod:`.compiled`)."""
 from .batches import MicroBatches, StepBatches, mean_over_parts, parts, per_step_batches
 from .gradients import loss_gradients
-from .compiled import compiled_matvec
+from .compiled import compiled_matvec, compiled_products
 from .products import InnerHessian, finite_difference_mixed_product, finite_difference_products
 
 __all__ = ["MicroBatches", "StepBatches", "mean_over_parts", "parts", "per_step_batches", "loss_gradients",
-           "InnerHessian", "finite_difference_mixed_product", "finite_difference_products", "compiled_matvec"]
+           "InnerHessian", "finite_difference_mixed_product", "finite_difference_products", "compiled_matvec",
+           "compiled_products"]

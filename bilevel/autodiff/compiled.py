@@ -1,4 +1,6 @@
-"""Hessian-vector products compiled by ``torch.compile``: a ``torch.func`` vjp of the gradient, one graph per loss.
+"""Hessian-vector products compiled by ``torch.compile``: a ``torch.func`` vjp of the gradient, one graph per loss
+and kind (``H v`` alone for AmIGO's linear system; ``H v``, the mixed product, the gradient and the loss at once for
+SOBA's step).
 
 An eager product pays for every elementwise operation of the loss's double backward as a separate pass through
 memory; compiled, the forward, the gradient and the product are one fused program. On the 100,100-parameter data
@@ -22,8 +24,8 @@ from .. import params as P
 from ..distributed import mean_across_ranks
 from ..params import Params
 
-CACHE_SIZE = 8  # compiled losses kept; the oldest is dropped past it (each holds its loss and what it closes over)
-_compiled: "OrderedDict[Callable, Callable]" = OrderedDict()
+CACHE_SIZE = 8  # compiled functions kept; the oldest is dropped past it (each holds its loss and what it closes over)
+_compiled: "OrderedDict[tuple[Callable, str], Callable]" = OrderedDict()
 
 
 def plain_loss(loss: Callable) -> Callable:
@@ -34,22 +36,54 @@ def plain_loss(loss: Callable) -> Callable:
     return loss
 
 
-def _product_function(loss: Callable) -> Callable:
+def _matvec_function(loss: Callable) -> Callable:
     def product(inner: Params, outer: Params, batch, vector: Params) -> Params:
         gradient = torch.func.grad(loss)
         return torch.func.vjp(lambda w: gradient(w, outer, batch), inner)[1](vector)[0]
 
-    return torch.compile(product)
+    return product
+
+
+def _joint_function(loss: Callable) -> Callable:
+    def products(inner: Params, outer: Params, batch, vector: Params):
+        gradient_and_loss = torch.func.grad_and_value(loss)
+        gradient, pullback, value = torch.func.vjp(lambda w, x: gradient_and_loss(w, x, batch), inner, outer,
+                                                   has_aux=True)
+        hvp, mixed = pullback(vector)
+        return hvp, mixed, gradient, value
+
+    return products
+
+
+_KINDS = {"matvec": _matvec_function, "joint": _joint_function}
+
+
+def _function(loss: Callable, kind: str) -> Callable:
+    key = (plain_loss(loss), kind)
+    function = _compiled.get(key)
+    if function is None:
+        function = _compiled[key] = torch.compile(_KINDS[kind](key[0]))
+        while len(_compiled) > CACHE_SIZE:
+            _compiled.popitem(last=False)
+    return function
 
 
 def compiled_matvec(loss: Callable, inner_params: Params, outer_params: Params, batch, vector: Params) -> Params:
     """``H v`` of ``loss`` at ``(inner_params, outer_params)`` on ``batch``, by the loss's compiled product (averaged
     across ranks under torch.distributed, as the eager products are)."""
-    key = plain_loss(loss)
-    function = _compiled.get(key)
-    if function is None:
-        function = _compiled[key] = _product_function(key)
-        while len(_compiled) > CACHE_SIZE:
-            _compiled.popitem(last=False)
-    product = function(P.detached(inner_params), P.detached(outer_params), batch, P.detached(vector))
+    product = _function(loss, "matvec")(P.detached(inner_params), P.detached(outer_params), batch,
+                                        P.detached(vector))
     return mean_across_ranks({k: product[k] for k in inner_params})
+
+
+def compiled_products(loss: Callable, inner_params: Params, outer_params: Params, batch, vector: Params):
+    """``(H v, (d^2 g / dx dw) v, grad_w g, g)`` at ``(inner_params, outer_params)`` on ``batch`` from one compiled
+    call, as :meth:`InnerHessian.matvec_mixed_and_gradient` returns them (averaged across ranks in one collective)."""
+    hvp, mixed, gradient, value = _function(loss, "joint")(P.detached(inner_params), P.detached(outer_params), batch,
+                                                           P.detached(vector))
+    joint = {**{("w", k): hvp[k] for k in inner_params}, **{("x", k): mixed[k] for k in outer_params},
+             **{("g", k): gradient[k] for k in inner_params},
+             ("loss",): value.to(next(iter(gradient.values())).dtype).reshape(1)}  # one dtype: one collective
+    joint = mean_across_ranks(joint)
+    return ({k: joint[("w", k)] for k in inner_params}, {k: joint[("x", k)] for k in outer_params},
+            {k: joint[("g", k)] for k in inner_params}, joint[("loss",)].reshape(()))

@@ -1,5 +1,6 @@
-"""AmIGO's products compiled (torch.compile of a torch.func vjp of the gradient) give the eager products' numbers:
-on fresh batches and on one shared batch, with gradient descent and CG, in the functional API and in the Engine."""
+"""AmIGO's and SOBA's products compiled (torch.compile of a torch.func vjp of the gradient) give the eager products'
+numbers: AmIGO on fresh batches and on one shared batch, with gradient descent and CG; SOBA's joint products (H v,
+the mixed product, the inner gradient and loss); in the functional API and in the Engine."""
 import shutil
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 
 from bilevel import StepBatches
 from bilevel.autodiff import compiled
-from bilevel.methods import AmIGO
+from bilevel.methods import SOBA, AmIGO
 from problems import DT, Ridge, hypergradient, relative_error
 from tests.bilevel.stochastic_quadratic import outer_value, quadratic_engine
 
@@ -48,3 +49,38 @@ def test_the_engine_runs_compiled_products_once_compiled_and_on_the_eager_path()
 def test_compile_products_must_be_a_bool():
     with pytest.raises(ValueError, match=r"^AmIGO: compile_products must be True or False, got 'yes'$"):
         AmIGO(compile_products="yes")
+
+
+def test_compiled_soba_step_gives_the_eager_numbers():
+    w, x = PROBLEM.w0, PROBLEM.x0
+    v = PROBLEM.inner_params(torch.randn(len(w), generator=torch.Generator().manual_seed(5), dtype=DT))
+    state = {"v": v, "calls": 3}
+    results = [hypergradient(PROBLEM, SOBA(step=0.3, decay=0.5, compile_products=flag), w, x, inner_batch=(X, Y),
+                             state=state, return_result=True) for flag in (False, True)]
+    (eager, eager_result), (fused, fused_result) = results
+    assert relative_error(fused, eager) <= 1e-12
+    assert relative_error(PROBLEM.flat(fused_result.state["v"]), PROBLEM.flat(eager_result.state["v"])) <= 1e-12
+    assert fused_result.state["calls"] == 4
+    assert relative_error(PROBLEM.flat(fused_result.inner_grads), PROBLEM.flat(eager_result.inner_grads)) <= 1e-12
+    assert abs(float(fused_result.diagnostics["inner_loss"] - eager_result.diagnostics["inner_loss"])) <= 1e-12
+    assert fused_result.diagnostics["hvp"] == eager_result.diagnostics["hvp"] == 1
+
+
+@pytest.mark.parametrize("reuse", [True, False], ids=["reused_inner_gradient", "own_inner_step"])
+def test_the_engine_runs_compiled_soba_on_the_eager_path(reuse):
+    paths = {}
+    for flag in (False, True):
+        engine = quadratic_engine(SOBA(compile_products=flag), outer_steps=30, noise=0.5,
+                                  reuse_inner_gradient=reuse)
+        engine.run()
+        paths[flag] = outer_value(engine)
+    assert relative_error(paths[True], paths[False]) <= 1e-12
+    assert float(paths[True].norm()) > 0
+
+
+def test_soba_compile_products_needs_the_exact_products():
+    with pytest.raises(ValueError, match=r"^SOBA: compile_products compiles the exact products; pass "
+                                         r"hessian='exact' or compile_products=False$"):
+        SOBA(hessian="finite_difference", compile_products=True)
+    with pytest.raises(ValueError, match=r"^SOBA: compile_products must be True or False, got 1$"):
+        SOBA(compile_products=1)
