@@ -16,7 +16,7 @@ from .distributed import any_across_ranks, is_distributed, mean_across_ranks, ra
 from .history import MetricsHistory
 from .hypergradient import hypergradient
 from .params import Params, detached
-from .autodiff import MicroBatches, StepBatches, parts
+from .autodiff import MicroBatches, StepBatches, compile_gradients, loss_gradients, parts
 from .level import Level
 from .validation import warn_caller
 from .attention_kernels import check_second_order_support
@@ -66,6 +66,8 @@ class Engine:
         self.method_state: Any = None
         self.last_result: Optional[_methods.HypergradientResult] = None
         self._last_inner_batch: Any = None
+        mark = compile_gradients if self.config.compile_gradients else (lambda loss: loss)
+        self._losses = mark(self.inner_loss), mark(self.outer_loss)  # one object each: their graphs are found again
 
     # The two losses in functional form, as the methods see them.
     def inner_loss(self, inner_params: Params, outer_params: Params, batch: Any) -> torch.Tensor:
@@ -139,6 +141,15 @@ class Engine:
         batch = self._next(self.inner)
         self._last_inner_batch = batch
         self.inner.optimizer.zero_grad(set_to_none=True)
+        if self.config.compile_gradients:  # the compiled gradient, averaged over micro-batches and ranks
+            params = self.inner.stored_params
+            total, (grads,) = loss_gradients(self._losses[0], params, detached(self.outer.stored_params), batch,
+                                             (params,))
+            self._check_finite(total, "inner", "loss")
+            for name, parameter in params.items():
+                parameter.grad = grads[name]
+            self._apply_gradients(self.inner, self.config.inner_grad_clip)
+            return float(total)
         pieces = parts(batch)
         total = 0.0
         for piece in pieces:
@@ -160,7 +171,7 @@ class Engine:
             inner_batch = self._draw(self.inner, fresh_inner)
         else:
             inner_batch = self._last_inner_batch if self._last_inner_batch is not None else self._next(self.inner)
-        result = hypergradient(self.inner_loss, self.outer_loss, self.inner.stored_params, self.outer.stored_params,
+        result = hypergradient(*self._losses, self.inner.stored_params, self.outer.stored_params,
                                inner_batch, self._draw(self.outer, fresh_outer), self.method,
                                state=self.method_state, return_result=True, check_finite=False)
         if "outer_loss" in result.diagnostics:  # a method may return finite grads from a NaN loss (zero mixed term)

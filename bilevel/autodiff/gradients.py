@@ -1,9 +1,10 @@
 """First derivatives of a loss on a batch, averaged over micro-batches and, under ``torch.distributed``, over ranks.
 
-Every method obtains first derivatives through :func:`loss_gradients`. A batch given as :class:`MicroBatches` is
-processed one micro-batch at a time (one graph alive at a time) and the derivatives are averaged; then they are
-averaged across ranks in one collective. Equal micro-batch sizes make the result equal to the derivative on the whole
-batch.
+Every method obtains first derivatives through :func:`loss_gradients`; a loss marked by
+:func:`bilevel.autodiff.compile_gradients` has them from its compiled gradient (the same numbers). A batch given as
+:class:`MicroBatches` is processed one micro-batch at a time (one graph alive at a time) and the derivatives are
+averaged; then they are averaged across ranks in one collective. Equal micro-batch sizes make the result equal to
+the derivative on the whole batch.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 from ..distributed import is_distributed, mean_across_ranks
 from ..params import Params
 from .batches import mean_over_parts
+from .compiled import compiled_gradients
 
 
 def loss_gradients(loss: Callable, inner_params: Params, outer_params: Params, batch, wrt: Sequence[Params],
@@ -25,8 +27,12 @@ def loss_gradients(loss: Callable, inner_params: Params, outer_params: Params, b
     of several passes once).
     """
     flat = [value for params in wrt for value in params.values()]
+    compiled = compiled_gradients(loss, inner_params, outer_params, wrt, create_graph)
 
     def on_part(piece, last: bool):
+        if compiled is not None:
+            value, grads = compiled(piece)
+            return [value.detach(), *grads]
         value = loss(inner_params, outer_params, piece)
         # the parameters may carry a graph shared by all pieces (an unroll): keep it until the last piece
         grads = torch.autograd.grad(value, flat, allow_unused=True, create_graph=create_graph,
