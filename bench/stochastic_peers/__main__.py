@@ -25,9 +25,11 @@ TIMING = ("logreg_ijcnn1", "datacleaning_wide")  # both sides' solvers only, --t
 
 
 def run_problem(name: str, checkout: str, solvers, steps: int, every: int, past: int = 0,
-                epoch: int = 50, repeats: int = 1, compile_products: bool = False) -> dict:
+                epoch: int = 50, repeats: int = 1, compiled: tuple = ()) -> dict:
     """Both sides for ``steps`` iterations; ours of a solver both have ``past`` more, to see where it reaches their
-    final figure when that is after their last step; the wall times the fastest of ``repeats`` runs."""
+    final figure when that is after their last step. The wall times are the fastest of ``repeats`` rounds, each round
+    running every side of a solver once in turn (the first side rotating), so that a machine whose speed drifts
+    charges the drift to both sides alike."""
     problem = PROBLEMS[name]()
     n_inner, n_outer = len(problem["inner_data"][0]), len(problem["outer_data"][0])
     draws = (steps + past) * (3 * settings.N_INNER_STEPS + 3)  # more than any solver draws from one level
@@ -35,22 +37,37 @@ def run_problem(name: str, checkout: str, solvers, steps: int, every: int, past:
     outer_starts = theirs.sample_starts(checkout, n_outer, settings.BATCH_SIZE, draws, 1)
     rows = {}
     for solver in solvers:
-        ours_steps = steps + past if solver in settings.BOTH_SIDES else steps
-        rows[(solver, "ours")] = ours.run(name, problem, solver, ours_steps, every, inner_starts, outer_starts,
-                                          repeats, compile_products)
-        if solver in settings.BOTH_SIDES:
-            instance = theirs.build(checkout, solver, name, problem, settings.their_parameters(name, solver))
-            rows[(solver, "theirs")] = theirs.run(instance, steps, every, problem["figure"],
-                                                  settings.N_INNER_STEPS, solver, epoch, repeats)
-        for variant, (base, exponents, overrides) in settings.VARIANTS.items():
-            if base == solver:
-                instance = theirs.build(checkout, base, name, problem,
-                                        {**settings.their_parameters(name, base), **overrides}, exponents=exponents)
-                rows[(variant, "theirs")] = theirs.run(instance, steps, every, problem["figure"],
-                                                       settings.N_INNER_STEPS, base, epoch, repeats)
+        sides = _sides(checkout, name, problem, solver, steps, past, every, epoch, inner_starts, outer_starts,
+                       compiled)
+        runs = {key: [] for key in sides}
+        for round_ in range(repeats):
+            keys = list(sides)
+            for key in keys[round_ % len(keys):] + keys[:round_ % len(keys)]:
+                runs[key].append(sides[key]())
+        rows.update({key: report.fastest(points) for key, points in runs.items()})
         print(f"{name} {solver}: " + ", ".join(f"{side} {report.figure_name(p)}={p[-1][report.figure_name(p)]:.4g}"
                                                  for (s, side), p in rows.items() if s == solver), flush=True)
     return rows
+
+
+def _sides(checkout, name, problem, solver, steps, past, every, epoch, inner_starts, outer_starts,
+           compiled) -> dict:
+    """``{(row, side): run}``: ours, theirs where they have the solver, and their variants of it; each ``run()``
+    one run returning its checkpoints."""
+    sides = {(solver, "ours"): lambda: ours.run(name, problem, solver, steps + past if solver in settings.BOTH_SIDES
+                                                else steps, every, inner_starts, outer_starts, 1, compiled)}
+    if solver in settings.BOTH_SIDES:
+        instance = theirs.build(checkout, solver, name, problem, settings.their_parameters(name, solver))
+        sides[(solver, "theirs")] = lambda: theirs.run(instance, steps, every, problem["figure"],
+                                                       settings.N_INNER_STEPS, solver, epoch)
+    for variant, (base, exponents, overrides) in settings.VARIANTS.items():
+        if base == solver:
+            variant_instance = theirs.build(checkout, base, name, problem,
+                                            {**settings.their_parameters(name, base), **overrides},
+                                            exponents=exponents)
+            sides[(variant, "theirs")] = (lambda instance=variant_instance, base=base: theirs.run(
+                instance, steps, every, problem["figure"], settings.N_INNER_STEPS, base, epoch))
+    return sides
 
 
 def lockstep_check(checkout: str, name: str, steps: int) -> float:
@@ -84,10 +101,13 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1,
                         help="torch's threads; 1 also pins the process (their JAX included) to one core")
     parser.add_argument("--repeats", type=int, default=3,
-                        help="runs per solver and side on the timing problems (" + ", ".join(TIMING) + "); the "
-                             "fastest gives the wall time")
+                        help="rounds per solver on the timing problems (" + ", ".join(TIMING) + "), each running "
+                             "every side once in turn; the fastest run of a side gives its wall time")
     parser.add_argument("--compile-products", action="store_true",
-                        help="our AmIGO with AmIGO(compile_products=True): its Hessian-vector products compiled")
+                        help="our SOBA and AmIGO with compile_products=True: their Hessian-vector products "
+                             "compiled")
+    parser.add_argument("--compile-gradients", action="store_true",
+                        help="our Engine with EngineConfig(compile_gradients=True): every gradient pass compiled")
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc's malloc as it is (by default bilevel.keep_freed_memory() keeps freed "
                              "blocks in the process, for both sides: it is one process)")
@@ -114,7 +134,8 @@ def main(argv=None):
         steps = args.timing_steps if timing else args.steps
         past = int(round(steps * args.past / args.every)) * args.every
         results[name] = run_problem(name, args.checkout, solvers, steps, args.every, past, args.epoch,
-                                    args.repeats if timing else 1, args.compile_products)
+                                    args.repeats if timing else 1,
+                                    ("products",) * args.compile_products + ("gradients",) * args.compile_gradients)
         loads[name] = (before, os.getloadavg())
     text = report.table(results, loads, args.threads)
     difference = lockstep_check(args.checkout, "quadratic", 200)

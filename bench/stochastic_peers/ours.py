@@ -8,7 +8,7 @@ import torch
 import bilevel
 from bench import stochastic
 
-from . import settings
+from . import report, settings
 
 
 class ReplayBatches:
@@ -33,12 +33,13 @@ def _power_schedule(exponent: float, per_outer: int = 1):
 def plan(problem_name: str, solver: str, steps: int, compile_products: bool = False):
     """``(spec, inner_steps, inner_decay, outer_decay, reuse)``: our Engine settings that match their solver's;
     ``reuse``: the Engine takes its first inner step with the inner gradient the method computed (SOBA: the
-    paper's order, w, v and x moved from the same point, as theirs does). ``compile_products``: AmIGO's products
-    compiled (the same numbers, in less time)."""
+    paper's order, w, v and x moved from the same point, as theirs does). ``compile_products``: SOBA's and
+    AmIGO's products compiled (the same numbers, in less time)."""
     step = settings.STEPS[problem_name]["step_size"]
     n = settings.N_INNER_STEPS
     if solver == "soba":
-        return bilevel.MethodSpec("soba", {"step": step, "decay": 0.5}), 1, 0.5, 0.5, True
+        spec = bilevel.MethodSpec("soba", {"step": step, "decay": 0.5, "compile_products": compile_products})
+        return spec, 1, 0.5, 0.5, True
     if solver == "amigo":  # a fresh batch per linear-system step and for the mixed product, as theirs draws them
         spec = bilevel.MethodSpec("amigo", {"iterations": n, "step": step, "fresh_batches": True,
                                             "compile_products": compile_products})
@@ -54,22 +55,21 @@ def plan(problem_name: str, solver: str, steps: int, compile_products: bool = Fa
 
 
 def run(problem_name: str, problem: dict, solver: str, steps: int, every: int, inner_starts, outer_starts,
-        repeats: int = 1, compile_products: bool = False):
+        repeats: int = 1, compiled: tuple = ()):
     """Run ``steps`` outer steps; a checkpoint every ``every`` steps as in :func:`bench.stochastic_peers.theirs.run`.
 
     ``seconds`` is the Engine's time with the figure's evaluation left out. With ``repeats`` > 1 the same run (the
     same batches, so the same figures) is made that many times and the fastest is kept: on a shared machine the
-    noise only ever adds time.
+    noise only ever adds time. ``compiled``: what the Engine compiles, of ``"products"`` (SOBA's and AmIGO's
+    ``compile_products``) and ``"gradients"`` (``EngineConfig.compile_gradients``); a later run reuses the first
+    one's graphs, so the fastest run leaves compilation out, as their untimed warm-up epochs do for theirs.
     """
-    runs = [_run_once(problem_name, problem, solver, steps, every, inner_starts, outer_starts, compile_products)
-            for _ in range(repeats)]
-    figures = [[{k: v for k, v in p.items() if k != "seconds"} for p in points] for points in runs]
-    assert all(f == figures[0] for f in figures), "a repeated run differs: the comparison needs deterministic runs"
-    return min(runs, key=lambda points: points[-1]["seconds"])
+    return report.fastest([_run_once(problem_name, problem, solver, steps, every, inner_starts, outer_starts,
+                                     compiled) for _ in range(repeats)])
 
 
-def _run_once(problem_name, problem, solver, steps, every, inner_starts, outer_starts, compile_products=False):
-    spec, inner_steps, inner_decay, outer_decay, reuse = plan(problem_name, solver, steps, compile_products)
+def _run_once(problem_name, problem, solver, steps, every, inner_starts, outer_starts, compiled=()):
+    spec, inner_steps, inner_decay, outer_decay, reuse = plan(problem_name, solver, steps, "products" in compiled)
     inner_lr, outer_lr = settings.STEPS[problem_name]["step_size"], settings.outer_step(problem_name, solver)
 
     def level(role, initial, data, lr, decay, per_outer):
@@ -84,7 +84,8 @@ def _run_once(problem_name, problem, solver, steps, every, inner_starts, outer_s
     outer = level("outer", problem["outer"], ReplayBatches(problem["outer_data"], outer_starts, settings.BATCH_SIZE),
                   outer_lr, outer_decay, 1)
     config = bilevel.EngineConfig(outer_steps=steps, inner_steps=inner_steps, seed=0, progress=False,
-                                  log_every=steps, reuse_inner_gradient=reuse)
+                                  log_every=steps, reuse_inner_gradient=reuse,
+                                  compile_gradients="gradients" in compiled)
     engine = bilevel.Engine(inner, outer, method=spec, config=config)
     points, totals = [], {"gradients": 0, "products": 0, "seconds": 0.0}
     clock = [time.perf_counter()]

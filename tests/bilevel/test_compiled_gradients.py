@@ -91,3 +91,21 @@ def test_engine_config_checks_compile_gradients():
     with pytest.raises(ValueError, match=r"^EngineConfig: compile_gradients takes no float16 loss scaling; use "
                                          r"autocast_dtype='bfloat16' or None, or compile_gradients=False$"):
         bilevel.EngineConfig(compile_gradients=True, autocast_dtype="float16")
+
+
+def test_engines_on_different_data_in_one_process_each_get_their_own_numbers():
+    """The compiled graph is reused across Engines (it is traced from the loss's code): the data it reads must be
+    each problem's own, not the first one's."""
+    from problems import Quadratic
+    compiled._compiled.clear()
+    finals = []
+    for seed in (0, 1):
+        paths = {}
+        for flag in (True, False):
+            engine = quadratic_engine("cg", problem=Quadratic(seed=seed, rho=0.5), outer_steps=10,
+                                      compile_gradients=flag)
+            engine.run()
+            paths[flag] = outer_value(engine)
+        assert relative_error(paths[True], paths[False]) <= 1e-12
+        finals.append(paths[True])
+    assert relative_error(finals[0], finals[1]) > 1e-2
