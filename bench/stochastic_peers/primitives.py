@@ -1,9 +1,11 @@
 """One gradient and one Hessian-vector product of ``datacleaning_wide``'s inner loss, eager PyTorch against jitted JAX.
 
 The product is also timed as ``torch.compile`` of a ``torch.func`` vjp of the gradient (inductor; compiled once
-before timing), which is what the Engine's products would need to match XLA's. The per-step wall times of bench/stochastic_peers are sums of these primitives plus each library's own work; timing
-them alone says which part of a gap is PyTorch's eager autograd and which is ours. Both sides on one core, float64,
-the same 64-row batches, 100 calls each after 5 untimed ones, the fastest of ``--repeats`` rounds.
+before timing), as ``compile_products=True`` takes it, and the gradient as ``loss_gradients`` takes it for a loss
+marked by ``bilevel.autodiff.compile_gradients`` (``EngineConfig(compile_gradients=True)``). The per-step wall
+times of bench/stochastic_peers are sums of these primitives plus each library's own work; timing them alone says
+which part of a gap is PyTorch's eager autograd and which is ours. Both sides on one core, float64, the same 64-row
+batches, 100 calls each after 5 untimed ones, the fastest of ``--repeats`` rounds.
 
     python -m bench.stochastic_peers.primitives
 """
@@ -17,6 +19,7 @@ import numpy as np
 import torch
 
 import bilevel
+import bilevel.autodiff
 from bench import stochastic
 
 from . import theirs
@@ -24,6 +27,7 @@ from .theirs import jax, jnp
 
 BATCH = 64
 COMPILED = "hessian-vector product, torch.compile of torch.func"
+COMPILED_GRADIENT = "gradient, compile_gradients"
 
 
 def torch_primitives(problem):
@@ -54,8 +58,14 @@ def torch_primitives(problem):
         return list(compiled(detached, {k: t.detach() for k, t in x.items()}, batches[i % len(batches)],
                              direction).values())
 
-    return ({"gradient": gradient, "hessian-vector product": hvp, COMPILED: compiled_hvp},
-            (w, x, v, len(batches)))
+    marked, outer = bilevel.autodiff.compile_gradients(loss), {k: t.detach() for k, t in x.items()}
+
+    def compiled_gradient(i):
+        return list(bilevel.autodiff.loss_gradients(marked, detached, outer, batches[i % len(batches)],
+                                                    (detached,))[1][0].values())
+
+    return ({"gradient": gradient, "hessian-vector product": hvp, COMPILED: compiled_hvp,
+             COMPILED_GRADIENT: compiled_gradient}, (w, x, v, len(batches)))
 
 
 def jax_primitives(problem, w, x, v, n_batches):
@@ -68,8 +78,9 @@ def jax_primitives(problem, w, x, v, n_batches):
     flat = lambda tensors: jnp.concatenate([jnp.asarray(t.detach().numpy()).reshape(-1) for t in tensors])  # noqa
     weights, outer, direction = flat(w.values()), flat(x.values()), flat(v)
     product = lambda i: jax.block_until_ready(hvp(weights, outer, (i % n_batches) * BATCH, direction))  # noqa: E731
-    return {"gradient": lambda i: jax.block_until_ready(gradient(weights, outer, (i % n_batches) * BATCH)),
-            "hessian-vector product": product, COMPILED: product}
+    gradient_at = lambda i: jax.block_until_ready(gradient(weights, outer, (i % n_batches) * BATCH))  # noqa: E731
+    return {"gradient": gradient_at, "hessian-vector product": product, COMPILED: product,
+            COMPILED_GRADIENT: gradient_at}
 
 
 def seconds_per_call(function, calls: int = 100) -> float:
