@@ -138,3 +138,33 @@ def test_report_reads_the_targets():
     c = report.compare(points([0.9, 0.5, 0.36, 0.34], 1), points([0.8, 0.4, 0.35], 1))
     assert c["ours_steps"] == 40 and c["evaluation_ratio"] == pytest.approx(40 / 30) and c["ours_final"] == 0.36
     assert c["plateau"][0][0] == pytest.approx(0.43)  # its plateau over the same steps as theirs (20, 30), not 40
+
+
+def test_rounds_interleave_the_sides_and_each_row_keeps_its_own_runs(monkeypatch):
+    """Every round runs ours, theirs and their variant once each (the first side rotating); each row is the fastest
+    of its own runs, the variant's from its own instance, on their SOBA with the variant's exponents."""
+    from bench.stochastic_peers import __main__ as runner
+
+    calls = []
+
+    def recorded(side, run):
+        def wrapper(*args, **kwargs):
+            calls.append((side, id(args[0]), args[5]) if side == "theirs" else ("ours", None, args[2]))
+            return run(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(runner, "PROBLEMS", {"quadratic": lambda: stochastic.quadratic(n=20, m=5, samples=256)})
+    monkeypatch.setattr(ours, "run", recorded("ours", ours.run))
+    monkeypatch.setattr(theirs, "run", recorded("theirs", theirs.run))
+    rows = runner.run_problem("quadratic", CHECKOUT, ["soba"], steps=20, every=10, repeats=3)
+    assert set(rows) == {("soba", "ours"), ("soba", "theirs"), ("soba_paper_steps", "theirs")}
+    base, variant = calls[1][1], calls[2][1]
+    assert base != variant
+    assert [(side, instance) for side, instance, _ in calls] == [
+        ("ours", None), ("theirs", base), ("theirs", variant),
+        ("theirs", base), ("theirs", variant), ("ours", None),
+        ("theirs", variant), ("ours", None), ("theirs", base)]
+    assert all(solver == "soba" for _, _, solver in calls)
+    assert rows[("soba_paper_steps", "theirs")][-1]["rel_error"] != rows[("soba", "theirs")][-1]["rel_error"]
+    assert rows[("soba", "ours")][-1]["rel_error"] == pytest.approx(rows[("soba", "theirs")][-1]["rel_error"],
+                                                                   rel=1e-12)
