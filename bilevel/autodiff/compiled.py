@@ -5,8 +5,8 @@ step).
 
 An eager pass pays for every elementwise operation of the loss's forward and backward (and of its double backward,
 for a product) as a separate pass through memory; compiled, they are one fused program. On the 100,100-parameter data
-cleaning problem of docs/stochastic.md one product takes 0.94 ms compiled, 2.28 ms eager and 1.26 ms in jitted JAX,
-and one gradient about 0.7 ms compiled against 1.1-1.4 ms eager and 1.0 ms in JAX
+cleaning problem of docs/stochastic.md one product took 0.94 ms compiled, 2.28 ms eager and 1.26 ms in jitted JAX,
+and in a slower hour of the same machine one gradient 1.16 ms compiled, 1.78 ms eager and 1.68 ms in JAX
 (``python -m bench.stochastic_peers.primitives``). The graphs are forward computations (no autograd through them),
 so torch 2.13's missing double backward in aot_autograd does not arise.
 
@@ -27,7 +27,7 @@ from ..distributed import mean_across_ranks
 from ..params import Params
 
 CACHE_SIZE = 8  # compiled functions kept; the oldest is dropped past it (each holds its loss and what it closes over)
-_compiled: "OrderedDict[tuple[Callable, str], Callable]" = OrderedDict()
+_compiled: "OrderedDict[tuple[Callable, object], Callable]" = OrderedDict()  # (loss, kind) -> compiled function
 
 
 def plain_loss(loss: Callable) -> Callable:
@@ -117,16 +117,17 @@ def compiled_gradients(loss: Callable, inner_params: Params, outer_params: Param
 def compiled_matvec(loss: Callable, inner_params: Params, outer_params: Params, batch, vector: Params) -> Params:
     """``H v`` of ``loss`` at ``(inner_params, outer_params)`` on ``batch``, by the loss's compiled product (averaged
     across ranks under torch.distributed, as the eager products are)."""
-    product = _function(loss, "matvec", _matvec_function)(P.detached(inner_params), P.detached(outer_params), batch,
-                                        P.detached(vector))
+    function = _function(loss, "matvec", _matvec_function)
+    product = function(P.detached(inner_params), P.detached(outer_params), batch, P.detached(vector))
     return mean_across_ranks({k: product[k] for k in inner_params})
 
 
 def compiled_products(loss: Callable, inner_params: Params, outer_params: Params, batch, vector: Params):
     """``(H v, (d^2 g / dx dw) v, grad_w g, g)`` at ``(inner_params, outer_params)`` on ``batch`` from one compiled
     call, as :meth:`InnerHessian.matvec_mixed_and_gradient` returns them (averaged across ranks in one collective)."""
-    hvp, mixed, gradient, value = _function(loss, "joint", _joint_function)(P.detached(inner_params), P.detached(outer_params), batch,
-                                                           P.detached(vector))
+    function = _function(loss, "joint", _joint_function)
+    hvp, mixed, gradient, value = function(P.detached(inner_params), P.detached(outer_params), batch,
+                                           P.detached(vector))
     joint = {**{("w", k): hvp[k] for k in inner_params}, **{("x", k): mixed[k] for k in outer_params},
              **{("g", k): gradient[k] for k in inner_params},
              ("loss",): value.to(next(iter(gradient.values())).dtype).reshape(1)}  # one dtype: one collective

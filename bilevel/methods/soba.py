@@ -96,8 +96,9 @@ class SOBA(HypergradientMethod):
             diagnostics = {"gradient_evaluations": 3, "perturbation": e}
         rho = self.step * calls ** -(self.decay or 0.0)
         grads = {k: grad_x[k] + mixed[k] for k in grad_x}
-        moved = P.detached(P.add(v, P.add(hvp, grad_w), -rho))
-        size, remainder = float(P.norm(grad_w)), float(P.norm(P.add(hvp, grad_w)))
+        direction = P.add(hvp, grad_w)  # H v + grad_w f: v's step, and the residual of v's system
+        moved = P.detached(P.add(v, direction, -rho))
+        size, remainder = float(P.norm(grad_w)), float(P.norm(direction))
         residual = remainder / size if size > 0 else remainder  # of v_t's system, as the implicit methods report
         diagnostics.update(outer_loss=outer, residual=residual, v_step=rho)
         return HypergradientResult(grads, diagnostics, {"v": moved, "calls": calls}, inner_grads=inner_grads)
