@@ -35,8 +35,9 @@ class EngineConfig:
         "help": "Run forward passes under torch.autocast with 'bfloat16' or 'float16' (None: full precision)."})
     compile_gradients: bool = field(default=False, metadata={
         "help": "Take the inner steps' and the methods' gradients from one torch.compile'd torch.func gradient per "
-                "loss (bilevel.autodiff.compile_gradients): the same numbers, faster on large parameters after "
-                "seconds of compilation; for losses without randomness that torch.compile can trace."})
+                "loss (bilevel.autodiff.compile_gradients): the same numbers up to rounding, faster on large "
+                "parameters after seconds of compilation; for losses without dropout or BatchNorm statistics that "
+                "torch.compile can trace."})
 
     def __post_init__(self):
         for name in ("outer_steps", "log_every", "accumulation_steps"):

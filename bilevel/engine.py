@@ -66,6 +66,9 @@ class Engine:
         self.method_state: Any = None
         self.last_result: Optional[_methods.HypergradientResult] = None
         self._last_inner_batch: Any = None
+        if self.config.compile_gradients:
+            _check_traceable(inner, outer)
+        self._unused_inner: Optional[set] = None  # found on the first compiled inner step
         mark = compile_gradients if self.config.compile_gradients else (lambda loss: loss)
         self._losses = mark(self.inner_loss), mark(self.outer_loss)  # one object each: their graphs are found again
 
@@ -143,11 +146,13 @@ class Engine:
         self.inner.optimizer.zero_grad(set_to_none=True)
         if self.config.compile_gradients:  # the compiled gradient, averaged over micro-batches and ranks
             params = self.inner.stored_params
+            if self._unused_inner is None:
+                self._unused_inner = self._unused_inner_parameters(batch)
             total, (grads,) = loss_gradients(self._losses[0], params, detached(self.outer.stored_params), batch,
                                              (params,))
             self._check_finite(total, "inner", "loss")
-            for name, parameter in params.items():
-                parameter.grad = grads[name]
+            for name, parameter in params.items():  # None where backward would leave it: optimizers skip those
+                parameter.grad = None if name in self._unused_inner else grads[name]
             self._apply_gradients(self.inner, self.config.inner_grad_clip)
             return float(total)
         pieces = parts(batch)
@@ -162,6 +167,15 @@ class Engine:
         total = _average_gradients(self.inner.stored_params, total)
         self._apply_gradients(self.inner, self.config.inner_grad_clip, self._scaler)
         return float(total)
+
+    def _unused_inner_parameters(self, batch) -> set:
+        """Names of the inner parameters the inner loss does not reach, by one eager pass: backward leaves their
+        ``.grad`` None, so that optimizers skip them (no weight decay, no momentum), where a compiled gradient gives
+        zeros."""
+        params = self.inner.stored_params
+        value = self.inner_loss(params, detached(self.outer.stored_params), parts(batch)[0])
+        grads = torch.autograd.grad(value, list(params.values()), allow_unused=True)
+        return {name for name, grad in zip(params, grads) if grad is None}
 
     def outer_step(self) -> _methods.HypergradientResult:
         """One hypergradient of the outer loss and one outer optimizer step."""
@@ -344,6 +358,28 @@ class Engine:
         if self.config.check_finite and not bool(torch.isfinite(value).all()):
             raise FloatingPointError(f"Engine: non-finite {quantity} at outer step {self.step + 1} ({level} level); "
                                      "lower the learning rates, or check the data and the method's settings")
+
+
+def _check_traceable(*levels: Level) -> None:
+    """Refuse, in one line, what compiled passes cannot reproduce: dropout (its masks are not replayed inside a
+    compiled graph) and BatchNorm statistics (a traced pass does not update them), in training mode."""
+    seen = set()
+    for level in levels:
+        if level.module is None or id(level.module) in seen:
+            continue
+        seen.add(id(level.module))
+        for name, layer in level.module.named_modules():
+            if not layer.training:
+                continue
+            if isinstance(layer, torch.nn.modules.dropout._DropoutNd) and layer.p > 0:
+                what = "replay dropout masks"
+            elif isinstance(layer, torch.nn.modules.batchnorm._BatchNorm) and layer.track_running_stats:
+                what = "update BatchNorm running statistics"
+            else:
+                continue
+            raise ValueError(f"Engine: compile_gradients cannot {what} ('{name or type(layer).__name__}' of problem "
+                             f"'{level.name}' is in training mode); set compile_gradients=False or put that layer "
+                             "in eval mode")
 
 
 def _average_gradients(params: Params, loss: torch.Tensor) -> torch.Tensor:

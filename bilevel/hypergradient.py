@@ -10,6 +10,7 @@ import torch
 from . import methods as _methods
 from .params import Params, detached
 from .autodiff import StepBatches, parts
+from .autodiff.compiled import LIBRARY_WRAPPER
 from .rng import RngReplay, with_replayed_rng
 from .attention_kernels import explain_double_backward_error, second_order_kernels
 
@@ -105,7 +106,7 @@ def _checked(loss: Callable, role: str, keys: str) -> Callable:
             raise ValueError(f"hypergradient: {role} returned {shape}, not a scalar tensor; reduce it (e.g. .mean())")
         return value.reshape(())
 
-    call.__wrapped__ = loss  # the plain loss, for products that compile it (bilevel.autodiff.compiled)
+    setattr(call, LIBRARY_WRAPPER, loss)  # the plain loss, for passes that compile it (bilevel.autodiff.compiled)
     return call
 
 

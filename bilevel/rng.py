@@ -13,6 +13,8 @@ from typing import Callable, Iterator
 
 import torch
 
+from .autodiff.compiled import LIBRARY_WRAPPER
+
 
 def _cuda_devices() -> list[int]:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -44,5 +46,5 @@ def with_replayed_rng(loss: Callable, replay: RngReplay) -> Callable:
         with replay():
             return loss(*args, **kwargs)
 
-    replayed.__wrapped__ = loss
+    setattr(replayed, LIBRARY_WRAPPER, loss)  # compiled passes see through it (they replay no random state)
     return replayed

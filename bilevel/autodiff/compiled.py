@@ -17,8 +17,11 @@ same dropout masks for every pass) is not replayed inside a compiled graph. The 
 """
 from __future__ import annotations
 
+import itertools
+import types
+import warnings
 from collections import OrderedDict
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -26,46 +29,13 @@ from .. import params as P
 from ..distributed import mean_across_ranks
 from ..params import Params
 
-CACHE_SIZE = 8  # compiled functions kept; the oldest is dropped past it (each holds its loss and what it closes over)
-_compiled: "OrderedDict[tuple[Callable, object], Callable]" = OrderedDict()  # (loss, kind) -> compiled function
-
-
-def plain_loss(loss: Callable) -> Callable:
-    """``loss`` without the wrappers callers put around it (``__wrapped__``): the function the graph is traced from,
-    the same object on every call, so that its compiled graph is found again."""
-    while hasattr(loss, "__wrapped__"):
-        loss = loss.__wrapped__
-    return loss
-
-
-def _matvec_function(loss: Callable) -> Callable:
-    def product(inner: Params, outer: Params, batch, vector: Params) -> Params:
-        gradient = torch.func.grad(loss)
-        return torch.func.vjp(lambda w: gradient(w, outer, batch), inner)[1](vector)[0]
-
-    return product
-
-
-def _joint_function(loss: Callable) -> Callable:
-    def products(inner: Params, outer: Params, batch, vector: Params):
-        gradient_and_loss = torch.func.grad_and_value(loss)
-        gradient, pullback, value = torch.func.vjp(lambda w, x: gradient_and_loss(w, x, batch), inner, outer,
-                                                   has_aux=True)
-        hvp, mixed = pullback(vector)
-        return hvp, mixed, gradient, value
-
-    return products
-
-
-def _function(loss: Callable, kind, build: Callable[[Callable], Callable]) -> Callable:
-    """The compiled ``build(loss)``, found again by ``(loss unwrapped, kind)``."""
-    key = (plain_loss(loss), kind)
-    function = _compiled.get(key)
-    if function is None:
-        function = _compiled[key] = torch.compile(build(key[0]))
-        while len(_compiled) > CACHE_SIZE:
-            _compiled.popitem(last=False)
-    return function
+LIBRARY_WRAPPER = "__bilevel_wrapped__"  # set by the library's own wrappers of a loss (checks, random-state replay)
+CACHE_SIZE = 32  # compiled functions kept; the oldest is dropped past it
+# (loss code, kind) -> the compiled function, which takes the loss as its first argument: the cache holds code
+# objects, never a loss or what it closes over (an Engine and its model)
+_compiled: "OrderedDict[tuple[object, object], Callable]" = OrderedDict()
+_failed: set = set()  # keys whose compilation failed: their passes stay eager
+_names = itertools.count()
 
 
 class CompiledGradients:
@@ -73,30 +43,95 @@ class CompiledGradients:
     ``torch.func.grad_and_value`` (see :func:`compile_gradients`); called, it is the loss."""
 
     def __init__(self, loss: Callable):
-        self.__wrapped__ = loss
+        self.loss = loss
 
     def __call__(self, inner_params: Params, outer_params: Params, batch):
-        return self.__wrapped__(inner_params, outer_params, batch)
+        return self.loss(inner_params, outer_params, batch)
+
+
+def plain_loss(loss: Callable) -> Callable:
+    """``loss`` without the library's own wrappers (:data:`LIBRARY_WRAPPER`, :class:`CompiledGradients`): the function
+    the graph is traced from. A user's wrapper (``functools.wraps`` or not) is part of the loss and stays."""
+    while True:
+        if isinstance(loss, CompiledGradients):
+            loss = loss.loss
+        elif hasattr(loss, LIBRARY_WRAPPER):
+            loss = getattr(loss, LIBRARY_WRAPPER)
+        else:
+            return loss
+
+
+def _code(loss: Callable):
+    """What identifies a loss's program: its function's code (the same for a method of every instance, so that two
+    Engines share one graph; dynamo's guards read each one's own tensors), else its type."""
+    function = getattr(loss, "__func__", loss)
+    return getattr(function, "__code__", None) or type(function)
+
+
+def _scalar(loss: Callable) -> Callable:
+    return lambda w, x, batch: loss(w, x, batch).reshape(())  # a one-element loss, as the eager passes take it
+
+
+def _matvec(loss: Callable, inner: Params, outer: Params, batch, vector: Params) -> Params:
+    gradient = torch.func.grad(_scalar(loss))
+    return torch.func.vjp(lambda w: gradient(w, outer, batch), inner)[1](vector)[0]
+
+
+def _joint(loss: Callable, inner: Params, outer: Params, batch, vector: Params):
+    gradient_and_loss = torch.func.grad_and_value(_scalar(loss))
+    gradient, pullback, value = torch.func.vjp(lambda w, x: gradient_and_loss(w, x, batch), inner, outer,
+                                               has_aux=True)
+    hvp, mixed = pullback(vector)
+    return hvp, mixed, gradient, value
+
+
+def _gradient(argnums: tuple) -> Callable:
+    def gradient(loss: Callable, inner: Params, outer: Params, batch):
+        return torch.func.grad_and_value(_scalar(loss), argnums)(inner, outer, batch)
+
+    return gradient
+
+
+def _own_code(function: Callable) -> Callable:
+    """``function`` with a code object of its own: dynamo keeps its graphs per code object, at most
+    ``recompile_limit`` (8) of them before it runs the code eagerly, so each (loss, kind) gets its own."""
+    code = function.__code__.replace(co_name=f"{function.__name__}_{next(_names)}")
+    return types.FunctionType(code, function.__globals__, code.co_name, function.__defaults__, function.__closure__)
+
+
+def _function(loss: Callable, kind, template: Callable):
+    """``(compiled template, plain loss)``: call the first with the second and the template's other arguments."""
+    plain = plain_loss(loss)
+    key = (_code(plain), kind)
+    function = _compiled.get(key)
+    if function is None:
+        function = _compiled[key] = torch.compile(_own_code(template))
+        while len(_compiled) > CACHE_SIZE:
+            _compiled.popitem(last=False)
+    return function, plain
 
 
 def compile_gradients(loss: Callable) -> CompiledGradients:
     """``loss(inner_params, outer_params, batch)`` marked so that every first-derivative pass of the library on it
     (the Engine's inner steps under ``EngineConfig(compile_gradients=True)``, the methods' gradients) runs as one
-    compiled program: the same numbers as eager. Passes it cannot take stay eager: through a graph the parameters
-    carry (an unroll), with ``create_graph``, or in parameters other than the two dicts the loss is called with."""
+    compiled program: the same numbers as eager, up to rounding. Passes it cannot take stay eager: through a graph
+    the parameters carry (an unroll), with ``create_graph``, or in parameters other than the two dicts the loss is
+    called with; so do all passes of a loss torch.compile fails on (with one warning)."""
     return CompiledGradients(loss)
 
 
 def _is_marked(loss: Callable) -> bool:
-    while not isinstance(loss, CompiledGradients) and hasattr(loss, "__wrapped__"):
-        loss = loss.__wrapped__
+    while not isinstance(loss, CompiledGradients) and hasattr(loss, LIBRARY_WRAPPER):
+        loss = getattr(loss, LIBRARY_WRAPPER)
     return isinstance(loss, CompiledGradients)
 
 
-def compiled_gradients(loss: Callable, inner_params: Params, outer_params: Params, wrt, create_graph: bool):
-    """``piece -> (loss, [d loss / d p for p in wrt])`` by the loss's compiled gradient, or None where the eager pass
-    must be taken: ``loss`` not marked by :func:`compile_gradients`, ``create_graph``, parameters with a graph of
-    their own, or a ``wrt`` entry that is not ``inner_params`` or ``outer_params`` itself."""
+def compiled_gradients(loss: Callable, inner_params: Params, outer_params: Params, wrt,
+                       create_graph: bool) -> Optional[Callable]:
+    """``piece -> (loss, [d loss / d p for p in wrt])`` by the loss's compiled gradient (``None`` from it when
+    torch.compile failed on the loss), or None where the eager pass must be taken: ``loss`` not marked by
+    :func:`compile_gradients`, ``create_graph``, parameters with a graph of their own, or a ``wrt`` entry that is not
+    ``inner_params`` or ``outer_params`` itself."""
     if create_graph or not _is_marked(loss):
         return None
     argnums = tuple(0 if params is inner_params else 1 if params is outer_params else None for params in wrt)
@@ -104,11 +139,22 @@ def compiled_gradients(loss: Callable, inner_params: Params, outer_params: Param
         return None
     if any(t.grad_fn is not None for params in (inner_params, outer_params) for t in params.values()):
         return None
-    function = _function(loss, ("gradient", argnums), lambda plain: torch.func.grad_and_value(plain, argnums))
+    kind = ("gradient", argnums)
+    if (_code(plain_loss(loss)), kind) in _failed:
+        return None
+    function, plain = _function(loss, kind, _gradient(argnums))
     inner, outer = P.detached(inner_params), P.detached(outer_params)
 
     def on_piece(batch):
-        grads, value = function(inner, outer, batch)
+        try:
+            grads, value = function(plain, inner, outer, batch)
+        except Exception as error:  # the eager pass then runs, and raises the loss's own error if it has one
+            _failed.add((_code(plain), kind))
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            warnings.warn(f"compile_gradients: torch.compile failed on {getattr(plain, '__qualname__', plain)!s} "
+                          f"({type(error).__name__}: {first_line[:200]}); its gradients are taken eagerly",
+                          RuntimeWarning, stacklevel=3)
+            return None
         return value, [g[k] for g, params in zip(grads, wrt) for k in params]
 
     return on_piece
@@ -117,16 +163,16 @@ def compiled_gradients(loss: Callable, inner_params: Params, outer_params: Param
 def compiled_matvec(loss: Callable, inner_params: Params, outer_params: Params, batch, vector: Params) -> Params:
     """``H v`` of ``loss`` at ``(inner_params, outer_params)`` on ``batch``, by the loss's compiled product (averaged
     across ranks under torch.distributed, as the eager products are)."""
-    function = _function(loss, "matvec", _matvec_function)
-    product = function(P.detached(inner_params), P.detached(outer_params), batch, P.detached(vector))
+    function, plain = _function(loss, "matvec", _matvec)
+    product = function(plain, P.detached(inner_params), P.detached(outer_params), batch, P.detached(vector))
     return mean_across_ranks({k: product[k] for k in inner_params})
 
 
 def compiled_products(loss: Callable, inner_params: Params, outer_params: Params, batch, vector: Params):
     """``(H v, (d^2 g / dx dw) v, grad_w g, g)`` at ``(inner_params, outer_params)`` on ``batch`` from one compiled
     call, as :meth:`InnerHessian.matvec_mixed_and_gradient` returns them (averaged across ranks in one collective)."""
-    function = _function(loss, "joint", _joint_function)
-    hvp, mixed, gradient, value = function(P.detached(inner_params), P.detached(outer_params), batch,
+    function, plain = _function(loss, "joint", _joint)
+    hvp, mixed, gradient, value = function(plain, P.detached(inner_params), P.detached(outer_params), batch,
                                            P.detached(vector))
     joint = {**{("w", k): hvp[k] for k in inner_params}, **{("x", k): mixed[k] for k in outer_params},
              **{("g", k): gradient[k] for k in inner_params},

@@ -30,8 +30,9 @@ def loss_gradients(loss: Callable, inner_params: Params, outer_params: Params, b
     compiled = compiled_gradients(loss, inner_params, outer_params, wrt, create_graph)
 
     def on_part(piece, last: bool):
-        if compiled is not None:
-            value, grads = compiled(piece)
+        result = compiled(piece) if compiled is not None else None
+        if result is not None:
+            value, grads = result
             return [value.detach(), *grads]
         value = loss(inner_params, outer_params, piece)
         # the parameters may carry a graph shared by all pieces (an unroll): keep it until the last piece

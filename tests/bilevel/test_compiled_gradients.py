@@ -2,6 +2,7 @@
 gradients and the eager numbers, take the eager pass where they cannot be used (a graph through the parameters,
 create_graph), and under ``EngineConfig(compile_gradients=True)`` the Engine's runs equal its eager runs."""
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -109,3 +110,136 @@ def test_engines_on_different_data_in_one_process_each_get_their_own_numbers():
         assert relative_error(paths[True], paths[False]) <= 1e-12
         finals.append(paths[True])
     assert relative_error(finals[0], finals[1]) > 1e-2
+
+
+class Lower(bilevel.Level):
+    """Per-example weights exp(x) on a regression; the module's ``aux`` layer is never used."""
+
+    def loss(self, batch):
+        X, y = batch
+        return (torch.exp(self.outer.params["x"]) * (self(X).squeeze(-1) - y) ** 2).mean()
+
+
+class Upper(bilevel.Level):
+    def loss(self, batch):
+        X, y = batch
+        return ((self.inner(X).squeeze(-1) - y) ** 2).mean()
+
+
+class Net(torch.nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.linear, self.aux = torch.nn.Linear(d, 1), torch.nn.Linear(d, 1)
+
+    def forward(self, X):
+        return self.linear(X)
+
+
+def module_engine(compile_gradients, n=16, d=3, **config):
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    net = Net(d).to(DT)
+    data = [[(torch.randn(n, d, generator=gen, dtype=DT), torch.randn(n, generator=gen, dtype=DT))] for _ in "tv"]
+    lower = Lower(module=net, optimizer=lambda p: torch.optim.AdamW(p, lr=0.05, weight_decay=0.1), data=data[0])
+    upper = Upper(params={"x": torch.nn.Parameter(torch.zeros(n, dtype=DT))},
+                  optimizer=lambda p: torch.optim.SGD(p, lr=0.5), data=data[1])
+    config = bilevel.EngineConfig(outer_steps=6, inner_steps=2, progress=False, compile_gradients=compile_gradients,
+                                  **config)
+    return bilevel.Engine(inner=lower, outer=upper, method="cg", config=config), net
+
+
+@pytest.mark.parametrize("config", [{}, {"accumulation_steps": 2, "inner_grad_clip": 0.05}],
+                         ids=["plain", "micro_batches_and_clipping"])
+def test_a_module_level_with_an_unused_layer_runs_its_eager_numbers(config):
+    """AdamW's weight decay would move a layer whose gradient were zeros; backward leaves it None, and so must the
+    compiled inner step."""
+    runs = {}
+    for flag in (False, True):
+        engine, net = module_engine(flag, **config)
+        aux = {k: v.detach().clone() for k, v in net.aux.named_parameters()}
+        engine.run()
+        runs[flag] = {**{k: v.detach().clone() for k, v in net.named_parameters()},
+                      "x": engine.outer.stored_params["x"].detach().clone()}
+        assert all(torch.equal(v, getattr(net.aux, k)) for k, v in aux.items())  # never moved
+    for key in runs[False]:
+        assert relative_error(runs[True][key], runs[False][key]) <= 1e-10, key
+    assert float((runs[True]["x"]).abs().max()) > 1e-4
+
+
+def test_the_cache_keeps_no_engine_alive():
+    import gc
+    import weakref
+
+    engine, _ = module_engine(True)
+    engine.run()
+    alive = weakref.ref(engine)
+    del engine
+    gc.collect()
+    assert alive() is None and compiled._compiled
+
+
+def test_dropout_and_batchnorm_in_training_mode_are_refused():
+    from tests.engine.test_engine import shared_engine
+
+    with pytest.raises(ValueError, match=r"^Engine: compile_gradients cannot replay dropout masks \('dropout' of "
+                                         r"problem 'SharedLower' is in training mode\); set compile_gradients=False "
+                                         r"or put that layer in eval mode$"):
+        shared_engine(dropout=0.5, compile_gradients=True)
+    with pytest.raises(ValueError, match=r"^Engine: compile_gradients cannot update BatchNorm running statistics "
+                                         r"\('norm' of problem"):
+        shared_engine(batchnorm=True, compile_gradients=True)
+    engine, net, _, _ = shared_engine(batchnorm=True)  # eval mode: nothing to replay or update
+    net.eval()
+    bilevel.Engine(engine.inner, engine.outer, config=bilevel.EngineConfig(compile_gradients=True, progress=False))
+
+
+def test_a_users_wrapper_is_part_of_the_loss():
+    """functools.wraps on the user's side changes the loss: the compiled graph is the wrapper's, not the function
+    under it."""
+    import functools
+
+    inner, outer = ({k: v.requires_grad_() for k, v in params.items()} for params in point())
+
+    @functools.wraps(PROBLEM.g)
+    def regularized(w, x, batch):
+        return PROBLEM.g(w, x, batch) + 10.0 * sum((v ** 2).sum() for v in w.values())
+
+    compiled._compiled.clear()
+    fused = loss_gradients(compile_gradients(regularized), inner, outer, (X, Y), (inner,))
+    eager = loss_gradients(regularized, inner, outer, (X, Y), (inner,))
+    assert abs(float(fused[0] - eager[0])) <= 1e-12 and float(eager[0] - PROBLEM.g(inner, outer, (X, Y))) > 1
+    assert relative_error(PROBLEM.flat(fused[1][0]), PROBLEM.flat(eager[1][0])) <= 1e-12
+    assert compiled._compiled
+
+
+def test_more_losses_than_dynamos_recompile_limit_are_each_compiled():
+    """Each loss gets a code object of its own: past dynamo's 8 graphs per code object nothing would compile."""
+    from torch._dynamo.utils import counters
+
+    inner, outer = ({k: v.requires_grad_() for k, v in params.items()} for params in point())
+    before = counters["frames"]["ok"]
+    for scale in range(1, 11):
+        namespace = {"PROBLEM": PROBLEM}
+        exec(f"def loss(w, x, batch):\n    return {scale} * PROBLEM.g(w, x, batch)\n", namespace)
+        value, (grads,) = loss_gradients(compile_gradients(namespace["loss"]), inner, outer, (X, Y), (inner,))
+        assert abs(float(value - scale * PROBLEM.g(inner, outer, (X, Y)))) <= 1e-12
+    assert counters["frames"]["ok"] - before == 10
+
+
+def test_a_loss_torch_compile_fails_on_runs_eagerly_with_one_warning():
+    class Recording:
+        def __call__(self, w, x, batch):
+            value = PROBLEM.g(w, x, batch)
+            self.last = value.detach()  # a side effect torch.func's compiled transforms cannot take
+            return value
+
+    inner, outer = ({k: v.requires_grad_() for k, v in params.items()} for params in point())
+    loss = compile_gradients(Recording())
+    with pytest.warns(RuntimeWarning, match=r"^compile_gradients: torch.compile failed on .*; its gradients are "
+                                            r"taken eagerly$"):
+        value, (grads,) = loss_gradients(loss, inner, outer, (X, Y), (inner,))
+    eager = loss_gradients(PROBLEM.g, inner, outer, (X, Y), (inner,))
+    assert float(value) == float(eager[0]) and relative_error(PROBLEM.flat(grads), PROBLEM.flat(eager[1][0])) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss_gradients(loss, inner, outer, (X, Y), (inner,))  # eager from now on, without a second warning

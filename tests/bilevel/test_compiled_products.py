@@ -69,11 +69,13 @@ def test_compiled_soba_step_gives_the_eager_numbers():
 @pytest.mark.parametrize("reuse", [True, False], ids=["reused_inner_gradient", "own_inner_step"])
 def test_the_engine_runs_compiled_soba_on_the_eager_path(reuse):
     paths = {}
+    compiled._compiled.clear()
     for flag in (False, True):
         engine = quadratic_engine(SOBA(compile_products=flag), outer_steps=30, noise=0.5,
                                   reuse_inner_gradient=reuse)
         engine.run()
         paths[flag] = outer_value(engine)
+    assert [key[1] for key in compiled._compiled] == ["joint"]  # the compiled run took the compiled products
     assert relative_error(paths[True], paths[False]) <= 1e-12
     assert float(paths[True].norm()) > 0
 
