@@ -49,16 +49,24 @@ class CompiledGradients:
         return self.loss(inner_params, outer_params, batch)
 
 
-def plain_loss(loss: Callable) -> Callable:
-    """``loss`` without the library's own wrappers (:data:`LIBRARY_WRAPPER`, :class:`CompiledGradients`): the function
-    the graph is traced from. A user's wrapper (``functools.wraps`` or not) is part of the loss and stays."""
+def _chain(loss: Callable):
+    """``loss``, then what the library's own wrappers (:data:`LIBRARY_WRAPPER`) and the :class:`CompiledGradients`
+    mark wrap under it, outermost first."""
     while True:
+        yield loss
         if isinstance(loss, CompiledGradients):
             loss = loss.loss
         elif hasattr(loss, LIBRARY_WRAPPER):
             loss = getattr(loss, LIBRARY_WRAPPER)
         else:
-            return loss
+            return
+
+
+def plain_loss(loss: Callable) -> Callable:
+    """``loss`` without the library's own wrappers: the function the graph is traced from. A user's wrapper
+    (``functools.wraps`` or not) is part of the loss and stays."""
+    *_, plain = _chain(loss)
+    return plain
 
 
 def _code(loss: Callable):
@@ -99,16 +107,20 @@ def _own_code(function: Callable) -> Callable:
     return types.FunctionType(code, function.__globals__, code.co_name, function.__defaults__, function.__closure__)
 
 
-def _function(loss: Callable, kind, template: Callable):
-    """``(compiled template, plain loss)``: call the first with the second and the template's other arguments."""
-    plain = plain_loss(loss)
-    key = (_code(plain), kind)
+def _compiled_function(key, template: Callable) -> Callable:
+    """The compiled ``template`` for ``key`` = (loss code, kind), compiled on first use."""
     function = _compiled.get(key)
     if function is None:
         function = _compiled[key] = torch.compile(_own_code(template))
         while len(_compiled) > CACHE_SIZE:
             _compiled.popitem(last=False)
-    return function, plain
+    return function
+
+
+def _function(loss: Callable, kind, template: Callable):
+    """``(compiled template, plain loss)``: call the first with the second and the template's other arguments."""
+    plain = plain_loss(loss)
+    return _compiled_function((_code(plain), kind), template), plain
 
 
 def compile_gradients(loss: Callable) -> CompiledGradients:
@@ -120,36 +132,31 @@ def compile_gradients(loss: Callable) -> CompiledGradients:
     return CompiledGradients(loss)
 
 
-def _is_marked(loss: Callable) -> bool:
-    while not isinstance(loss, CompiledGradients) and hasattr(loss, LIBRARY_WRAPPER):
-        loss = getattr(loss, LIBRARY_WRAPPER)
-    return isinstance(loss, CompiledGradients)
-
-
 def compiled_gradients(loss: Callable, inner_params: Params, outer_params: Params, wrt,
                        create_graph: bool) -> Optional[Callable]:
     """``piece -> (loss, [d loss / d p for p in wrt])`` by the loss's compiled gradient (``None`` from it when
     torch.compile failed on the loss), or None where the eager pass must be taken: ``loss`` not marked by
     :func:`compile_gradients`, ``create_graph``, parameters with a graph of their own, or a ``wrt`` entry that is not
     ``inner_params`` or ``outer_params`` itself."""
-    if create_graph or not _is_marked(loss):
+    if create_graph or not any(isinstance(link, CompiledGradients) for link in _chain(loss)):
         return None
     argnums = tuple(0 if params is inner_params else 1 if params is outer_params else None for params in wrt)
     if None in argnums or len(set(argnums)) < len(argnums):
         return None
     if any(t.grad_fn is not None for params in (inner_params, outer_params) for t in params.values()):
         return None
-    kind = ("gradient", argnums)
-    if (_code(plain_loss(loss)), kind) in _failed:
+    plain = plain_loss(loss)
+    key = (_code(plain), ("gradient", argnums))
+    if key in _failed:
         return None
-    function, plain = _function(loss, kind, _gradient(argnums))
+    function = _compiled_function(key, _gradient(argnums))
     inner, outer = P.detached(inner_params), P.detached(outer_params)
 
     def on_piece(batch):
         try:
             grads, value = function(plain, inner, outer, batch)
         except Exception as error:  # the eager pass then runs, and raises the loss's own error if it has one
-            _failed.add((_code(plain), kind))
+            _failed.add(key)
             first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
             warnings.warn(f"compile_gradients: torch.compile failed on {getattr(plain, '__qualname__', plain)!s} "
                           f"({type(error).__name__}: {first_line[:200]}); its gradients are taken eagerly",
