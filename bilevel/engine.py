@@ -16,7 +16,7 @@ from .distributed import any_across_ranks, is_distributed, mean_across_ranks, ra
 from .history import MetricsHistory
 from .hypergradient import hypergradient
 from .params import Params, detached
-from .autodiff import MicroBatches, StepBatches, compile_gradients, loss_gradients, parts
+from .autodiff import MicroBatches, StepBatches, compile_gradients, compiled, loss_gradients, parts
 from .level import Level
 from .validation import warn_caller
 from .attention_kernels import check_second_order_support
@@ -69,6 +69,8 @@ class Engine:
         if self.config.compile_gradients:
             _check_traceable(inner, outer)
         self._unused_inner: Optional[set] = None  # found on the first compiled inner step
+        # the losses' traced program is the levels' (their classes' losses over their modules): one graph per problem
+        setattr(self, compiled.TRACE_KEY, tuple(type(o) for level in (inner, outer) for o in (level, level.module)))
         mark = compile_gradients if self.config.compile_gradients else (lambda loss: loss)
         self._losses = mark(self.inner_loss), mark(self.outer_loss)  # one object each: their graphs are found again
 

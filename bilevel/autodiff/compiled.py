@@ -30,6 +30,7 @@ from ..distributed import mean_across_ranks
 from ..params import Params
 
 LIBRARY_WRAPPER = "__bilevel_wrapped__"  # set by the library's own wrappers of a loss (checks, random-state replay)
+TRACE_KEY = "__bilevel_trace_key__"  # on an object whose methods are losses: what their traced program depends on
 CACHE_SIZE = 32  # compiled functions kept; the oldest is dropped past it
 # (loss code, kind) -> the compiled function, which takes the loss as its first argument: the cache holds code
 # objects, never a loss or what it closes over (an Engine and its model)
@@ -71,9 +72,12 @@ def plain_loss(loss: Callable) -> Callable:
 
 def _code(loss: Callable):
     """What identifies a loss's program: its function's code (the same for a method of every instance, so that two
-    Engines share one graph; dynamo's guards read each one's own tensors), else its type."""
+    Engines share one graph; dynamo's guards read each one's own tensors), else its type; for a method, with what
+    its instance names as the program it runs (:data:`TRACE_KEY`: the Engine's problem classes), so that losses of
+    one code over different programs get graphs of their own."""
     function = getattr(loss, "__func__", loss)
-    return getattr(function, "__code__", None) or type(function)
+    code = getattr(function, "__code__", None) or type(function)
+    return code, getattr(getattr(loss, "__self__", None), TRACE_KEY, None)
 
 
 def _scalar(loss: Callable) -> Callable:
@@ -117,10 +121,28 @@ def _compiled_function(key, template: Callable) -> Callable:
     return function
 
 
-def _function(loss: Callable, kind, template: Callable):
-    """``(compiled template, plain loss)``: call the first with the second and the template's other arguments."""
+def _guarded(loss: Callable, kind, template: Callable, setting: str, what: str) -> Optional[Callable]:
+    """``(*args) -> template(plain loss, *args)``, compiled, or None once torch.compile has failed on this loss and
+    kind; on a failure the call warns once and returns None, and the caller takes the eager pass (which raises the
+    loss's own error if it has one)."""
     plain = plain_loss(loss)
-    return _compiled_function((_code(plain), kind), template), plain
+    key = (_code(plain), kind)
+    if key in _failed:
+        return None
+    function = _compiled_function(key, template)
+
+    def call(*args):
+        try:
+            return function(plain, *args)
+        except Exception as error:
+            _failed.add(key)
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            warnings.warn(f"{setting}: torch.compile failed on {getattr(plain, '__qualname__', plain)!s} "
+                          f"({type(error).__name__}: {first_line[:200]}); its {what} are taken eagerly",
+                          RuntimeWarning, stacklevel=4)
+            return None
+
+    return call
 
 
 def compile_gradients(loss: Callable) -> CompiledGradients:
@@ -145,42 +167,42 @@ def compiled_gradients(loss: Callable, inner_params: Params, outer_params: Param
         return None
     if any(t.grad_fn is not None for params in (inner_params, outer_params) for t in params.values()):
         return None
-    plain = plain_loss(loss)
-    key = (_code(plain), ("gradient", argnums))
-    if key in _failed:
+    function = _guarded(loss, ("gradient", argnums), _gradient(argnums), "compile_gradients", "gradients")
+    if function is None:
         return None
-    function = _compiled_function(key, _gradient(argnums))
     inner, outer = P.detached(inner_params), P.detached(outer_params)
 
     def on_piece(batch):
-        try:
-            grads, value = function(plain, inner, outer, batch)
-        except Exception as error:  # the eager pass then runs, and raises the loss's own error if it has one
-            _failed.add(key)
-            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            warnings.warn(f"compile_gradients: torch.compile failed on {getattr(plain, '__qualname__', plain)!s} "
-                          f"({type(error).__name__}: {first_line[:200]}); its gradients are taken eagerly",
-                          RuntimeWarning, stacklevel=3)
+        computed = function(inner, outer, batch)
+        if computed is None:
             return None
+        grads, value = computed
         return value, [g[k] for g, params in zip(grads, wrt) for k in params]
 
     return on_piece
 
 
-def compiled_matvec(loss: Callable, inner_params: Params, outer_params: Params, batch, vector: Params) -> Params:
+def compiled_matvec(loss: Callable, inner_params: Params, outer_params: Params, batch,
+                    vector: Params) -> Optional[Params]:
     """``H v`` of ``loss`` at ``(inner_params, outer_params)`` on ``batch``, by the loss's compiled product (averaged
-    across ranks under torch.distributed, as the eager products are)."""
-    function, plain = _function(loss, "matvec", _matvec)
-    product = function(plain, P.detached(inner_params), P.detached(outer_params), batch, P.detached(vector))
-    return mean_across_ranks({k: product[k] for k in inner_params})
+    across ranks under torch.distributed, as the eager products are); None where torch.compile failed on the loss
+    (warned once): take the eager product."""
+    function = _guarded(loss, "matvec", _matvec, "compile_products", "Hessian-vector products")
+    product = None if function is None else function(P.detached(inner_params), P.detached(outer_params), batch,
+                                                     P.detached(vector))
+    return None if product is None else mean_across_ranks({k: product[k] for k in inner_params})
 
 
 def compiled_products(loss: Callable, inner_params: Params, outer_params: Params, batch, vector: Params):
     """``(H v, (d^2 g / dx dw) v, grad_w g, g)`` at ``(inner_params, outer_params)`` on ``batch`` from one compiled
-    call, as :meth:`InnerHessian.matvec_mixed_and_gradient` returns them (averaged across ranks in one collective)."""
-    function, plain = _function(loss, "joint", _joint)
-    hvp, mixed, gradient, value = function(plain, P.detached(inner_params), P.detached(outer_params), batch,
-                                           P.detached(vector))
+    call, as :meth:`InnerHessian.matvec_mixed_and_gradient` returns them (averaged across ranks in one collective);
+    None where torch.compile failed on the loss (warned once): take the eager products."""
+    function = _guarded(loss, "joint", _joint, "compile_products", "second-derivative products")
+    computed = None if function is None else function(P.detached(inner_params), P.detached(outer_params), batch,
+                                                      P.detached(vector))
+    if computed is None:
+        return None
+    hvp, mixed, gradient, value = computed
     joint = {**{("w", k): hvp[k] for k in inner_params}, **{("x", k): mixed[k] for k in outer_params},
              **{("g", k): gradient[k] for k in inner_params},
              ("loss",): value.to(next(iter(gradient.values())).dtype).reshape(1)}  # one dtype: one collective

@@ -39,7 +39,8 @@ class AmIGO(ImplicitMethod):
     instead of M + 1; with minibatches q_k then solves that batch's system and the warm start averages across batches.
     ``compile_products=True`` takes each of the M products as one ``torch.compile``d call (a ``torch.func`` vjp of
     the gradient, :mod:`bilevel.autodiff.compiled`): the same numbers, about twice as fast on large parameters after
-    seconds of compilation, for losses without randomness that torch.compile can trace (micro-batches stay eager).
+    seconds of compilation, for losses without randomness that torch.compile can trace (micro-batches stay eager,
+    and so does a loss it fails on, after one warning).
     Cost per call: one outer and one inner forward+backward, M Hessian-vector products, one mixed product
     (``fresh_batches`` or ``compile_products``: one outer forward+backward, and per product one inner
     forward+backward with it).
@@ -95,9 +96,12 @@ class AmIGO(ImplicitMethod):
         def matvec(vector):  # the solver's m-th product, on the m-th batch (a fresh one with fresh_batches)
             batch = next(batches)
             products.append(batch)
+            product = None
             if self.compile_products and not isinstance(batch, MicroBatches):
-                return compiled_matvec(inner_loss, inner_params, outer_params, batch, vector)
-            return InnerHessian(inner_loss, inner_params, outer_params, batch).matvec(vector)
+                product = compiled_matvec(inner_loss, inner_params, outer_params, batch, vector)
+            if product is not None:
+                return product
+            return InnerHessian(inner_loss, inner_params, outer_params, batch).matvec(vector)  # eager
 
         solution, info = self.make_solver()(matvec, grad_w, state)
         mixed = InnerHessian(inner_loss, inner_params, outer_params, last).mixed(solution)

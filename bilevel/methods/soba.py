@@ -45,7 +45,7 @@ class SOBA(HypergradientMethod):
     ``compile_products=True`` (exact products) takes the inner gradient, the loss and both products from one
     ``torch.compile``d call (a ``torch.func`` vjp of the gradient, :mod:`bilevel.autodiff.compiled`): the same
     numbers, faster on large parameters after seconds of compilation, for losses without randomness that
-    torch.compile can trace (micro-batches stay eager).
+    torch.compile can trace (micro-batches stay eager, and so does a loss it fails on, after one warning).
 
     >>> Engine(inner, outer, method=MethodSpec("soba", {"hessian": "finite_difference"}))
     """
@@ -81,8 +81,11 @@ class SOBA(HypergradientMethod):
         outer, (grad_x, grad_w) = loss_gradients(outer_loss, inner_params, outer_params, outer_batch,
                                                  (outer_params, inner_params))
         inner_grads = None
+        products = None  # compiled where asked for and torch.compile can take the loss, else eager
         if self.compile_products and not isinstance(inner_batch, MicroBatches):
-            hvp, mixed, inner_grads, loss = compiled_products(inner_loss, inner_params, outer_params, inner_batch, v)
+            products = compiled_products(inner_loss, inner_params, outer_params, inner_batch, v)
+        if products is not None:
+            hvp, mixed, inner_grads, loss = products
             diagnostics = {"gradient_evaluations": 2, "hvp": 1, "inner_loss": loss}
         elif self.hessian == "exact":
             hessian = InnerHessian(inner_loss, inner_params, outer_params, inner_batch)

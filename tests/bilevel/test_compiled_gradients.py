@@ -243,3 +243,25 @@ def test_a_loss_torch_compile_fails_on_runs_eagerly_with_one_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         loss_gradients(loss, inner, outer, (X, Y), (inner,))  # eager from now on, without a second warning
+
+
+def test_engines_of_more_problem_classes_than_dynamos_recompile_limit_are_each_compiled():
+    """The Engine's losses are one code for every problem: each problem class gets graphs of its own, where one
+    shared code object would run eagerly past dynamo's 8 graphs."""
+    from torch._dynamo.utils import counters
+
+    before = counters["frames"]["ok"]
+    for scale in range(1, 11):
+        lower = type(f"Lower{scale}", (Lower,), {"loss": lambda self, batch, s=scale: s * Lower.loss(self, batch)})
+        engine, net = module_engine(True)
+        engine = bilevel.Engine(inner=lower(module=net, optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+                                            data=engine.inner.data),
+                                outer=engine.outer, method="cg", config=engine.config)
+        inner, outer = engine.inner.stored_params, engine.outer.stored_params
+        batch = engine.inner.data[0]
+        value, (grads,) = loss_gradients(engine._losses[0], inner, outer, batch, (inner,))
+        eager_value, (eager,) = loss_gradients(engine.inner_loss, inner, outer, batch, (inner,))
+        assert abs(float(value - eager_value)) <= 1e-12 and float(eager_value) > 0
+        flat = [torch.cat([g[k].reshape(-1) for k in eager]) for g in (grads, eager)]
+        assert relative_error(*flat) <= 1e-12
+    assert counters["frames"]["ok"] - before == 10

@@ -86,3 +86,35 @@ def test_soba_compile_products_needs_the_exact_products():
         SOBA(hessian="finite_difference", compile_products=True)
     with pytest.raises(ValueError, match=r"^SOBA: compile_products must be True or False, got 1$"):
         SOBA(compile_products=1)
+
+
+class Recording:
+    """PROBLEM's inner loss with a side effect that torch.func's compiled transforms cannot take."""
+
+    def __call__(self, w, x, batch):
+        value = PROBLEM.g(w, x, batch)
+        self.last = value.detach()
+        return value
+
+
+@pytest.mark.parametrize("method", [SOBA(step=0.3, compile_products=True),
+                                    AmIGO(iterations=3, step=0.3, compile_products=True)], ids=["soba", "amigo"])
+def test_a_loss_torch_compile_fails_on_takes_the_eager_products_with_one_warning(method):
+    import dataclasses
+    import warnings
+
+    import bilevel
+
+    w, x = PROBLEM.inner_params(PROBLEM.w0), PROBLEM.outer_params(PROBLEM.x0)
+    args = (w, x, (X, Y), PROBLEM.outer_batch)
+    eager = bilevel.hypergradient(PROBLEM.g, PROBLEM.f, *args, dataclasses.replace(method, compile_products=False))
+    loss = Recording()
+    with pytest.warns(RuntimeWarning, match=r"^compile_products: torch.compile failed on .*Recording.*; its "
+                                            r"(second-derivative products|Hessian-vector products) are taken "
+                                            r"eagerly$"):
+        fused = bilevel.hypergradient(loss, PROBLEM.f, *args, method)
+    assert all(torch.equal(fused[k], eager[k]) for k in eager)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = bilevel.hypergradient(loss, PROBLEM.f, *args, method)  # eager from now on, without a second warning
+    assert all(torch.equal(again[k], eager[k]) for k in eager)
