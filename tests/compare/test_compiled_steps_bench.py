@@ -1,5 +1,6 @@
-"""bench/stochastic_peers/compiled_steps: the eager and compiled SOBA blocks give their iterates, and the table prints
-a row per block size (it checks the iterates itself). Skips as test_benchopt_side_by_side does."""
+"""bench/stochastic_peers/compiled_steps: the eager and compiled SOBA blocks and the compiled scan give their iterates,
+and the table prints a row per block size and one for the scan (it checks the iterates itself). Skips as
+test_benchopt_side_by_side does."""
 import os
 import shutil
 
@@ -19,7 +20,7 @@ def test_compiled_blocks_give_their_iterates_and_a_row_each():
 
     text = compiled_steps.table(CHECKOUT, steps=20, block_sizes=[1, 4], epoch=10, repeats=1)
     rows = [line for line in text.splitlines() if line.startswith("| ours: torch.compile")]
-    assert len(rows) == 2 and "4 steps per call" in rows[1]
+    assert len(rows) == 3 and "4 steps per call" in rows[1] and "a scan over all 20 steps" in rows[2]
     for row in rows + [next(line for line in text.splitlines() if "the step alone" in line)]:
         difference = float(row.split("|")[5])
         assert difference < 1e-10
