@@ -10,7 +10,9 @@ batches (their sampler's) and step sizes, SOBA in their order (w, v and x moved 
 - compiled blocks: that function over ``--block`` consecutive steps, compiled by ``torch.compile`` (inductor),
   a block per call (``--block 1``: a call per step), with the seconds its first call took to compile;
 - a compiled scan: the step traced once inside ``torch._higher_order_ops.scan`` over all ``--steps`` steps, one
-  call, with inductor's C++ wrapper (so the loop runs in C++, not Python).
+  call, with inductor's C++ wrapper (so the loop runs in C++, not Python); once with inductor's vectorized code and
+  once with scalar code (``cpp.simdlen=1``), which is faster here: a 64-row batch is a gather, and the vectorized
+  gathers go through the stack sixteen lanes at a time.
 
 Every row's iterates after the run are checked against theirs (the same numbers, to rounding) before any time is
 reported. One core for the process, float64, the fastest of ``--repeats`` timed passes per row.
@@ -129,13 +131,15 @@ def table(checkout: str, steps: int, block_sizes, epoch: int, repeats: int) -> s
         runs = [run_blocks(problem, compiled, size, inner_starts, outer_starts, steps) for _ in range(repeats)]
         rows.append((f"ours: torch.compile, {size} step{'s' if size > 1 else ''} per call", min(r[2] for r in runs),
                      compile_seconds, largest_difference(runs[0][:2], reference)))
-    compiled = torch.compile(soba_scan(problem), dynamic=False, fullgraph=True, options={"cpp_wrapper": True})
-    begin = time.perf_counter()
-    compiled(*_zeros(problem), torch.as_tensor(inner_starts), torch.as_tensor(outer_starts))
-    compile_seconds = time.perf_counter() - begin
-    runs = [run_blocks(problem, compiled, steps, inner_starts, outer_starts, steps) for _ in range(repeats)]
-    rows.append((f"ours: torch.compile, a scan over all {steps} steps (C++ wrapper)", min(r[2] for r in runs),
-                 compile_seconds, largest_difference(runs[0][:2], reference)))
+    for code, options in (("", {}), (", scalar code", {"cpp.simdlen": 1})):
+        compiled = torch.compile(soba_scan(problem), dynamic=False, fullgraph=True,
+                                 options={"cpp_wrapper": True, **options})
+        begin = time.perf_counter()
+        compiled(*_zeros(problem), torch.as_tensor(inner_starts), torch.as_tensor(outer_starts))
+        compile_seconds = time.perf_counter() - begin
+        runs = [run_blocks(problem, compiled, steps, inner_starts, outer_starts, steps) for _ in range(repeats)]
+        rows.append((f"ours: torch.compile, a scan over all {steps} steps (C++ wrapper{code})",
+                     min(r[2] for r in runs), compile_seconds, largest_difference(runs[0][:2], reference)))
     lines = [f"SOBA on {NAME}, {steps} steps; the fastest of {repeats} passes per row",
              "", "| row | us / step | ratio to theirs | compile (s) | largest difference from their iterates |",
              "|---|---|---|---|---|"]

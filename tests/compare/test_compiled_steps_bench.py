@@ -20,7 +20,8 @@ def test_compiled_blocks_give_their_iterates_and_a_row_each():
 
     text = compiled_steps.table(CHECKOUT, steps=20, block_sizes=[1, 4], epoch=10, repeats=1)
     rows = [line for line in text.splitlines() if line.startswith("| ours: torch.compile")]
-    assert len(rows) == 3 and "4 steps per call" in rows[1] and "a scan over all 20 steps" in rows[2]
+    assert len(rows) == 4 and "4 steps per call" in rows[1] and "a scan over all 20 steps" in rows[2]
+    assert "scalar code" in rows[3]
     for row in rows + [next(line for line in text.splitlines() if "the step alone" in line)]:
         difference = float(row.split("|")[5])
         assert difference < 1e-10
