@@ -17,6 +17,7 @@ same dropout masks for every pass) is not replayed inside a compiled graph. The 
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import types
 import warnings
@@ -31,11 +32,12 @@ from ..params import Params
 
 LIBRARY_WRAPPER = "__bilevel_wrapped__"  # set by the library's own wrappers of a loss (checks, random-state replay)
 TRACE_KEY = "__bilevel_trace_key__"  # on an object whose methods are losses: what their traced program depends on
-CACHE_SIZE = 32  # compiled functions kept; the oldest is dropped past it
-# (loss code, kind) -> the compiled function, which takes the loss as its first argument: the cache holds code
-# objects, never a loss or what it closes over (an Engine and its model)
+CACHE_SIZE = 32  # compiled functions kept (and failures remembered); the least recently used is dropped past it
+# ((loss code, trace key), kind) -> the compiled function, which takes the loss as its first argument: the cache
+# holds code objects and classes, never a loss or what it closes over (an Engine and its model)
 _compiled: "OrderedDict[tuple[object, object], Callable]" = OrderedDict()
-_failed: set = set()  # keys whose compilation failed: their passes stay eager
+_failed: "OrderedDict[tuple[object, object], None]" = OrderedDict()  # torch.compile failed: these passes stay eager
+_past_limit: "OrderedDict[tuple[object, object], None]" = OrderedDict()  # warned: past the recompile limit
 _names = itertools.count()
 
 
@@ -77,7 +79,11 @@ def _code(loss: Callable):
     one code over different programs get graphs of their own."""
     function = getattr(loss, "__func__", loss)
     code = getattr(function, "__code__", None) or type(function)
-    return code, getattr(getattr(loss, "__self__", None), TRACE_KEY, None)
+    try:  # the instance's own attribute, read past any __getattr__ of its class
+        namespace = object.__getattribute__(getattr(loss, "__self__", None), "__dict__")
+    except AttributeError:
+        return code, None
+    return code, namespace.get(TRACE_KEY)
 
 
 def _scalar(loss: Callable) -> Callable:
@@ -106,41 +112,72 @@ def _gradient(argnums: tuple) -> Callable:
 
 def _own_code(function: Callable) -> Callable:
     """``function`` with a code object of its own: dynamo keeps its graphs per code object, at most
-    ``recompile_limit`` (8) of them before it runs the code eagerly, so each (loss, kind) gets its own."""
+    ``recompile_limit`` (8) of them before it runs the code eagerly, so each key gets its own."""
     code = function.__code__.replace(co_name=f"{function.__name__}_{next(_names)}")
     return types.FunctionType(code, function.__globals__, code.co_name, function.__defaults__, function.__closure__)
 
 
 def _compiled_function(key, template: Callable) -> Callable:
-    """The compiled ``template`` for ``key`` = (loss code, kind), compiled on first use."""
+    """The compiled ``template`` for ``key``, compiled on first use."""
     function = _compiled.get(key)
     if function is None:
         function = _compiled[key] = torch.compile(_own_code(template))
-        while len(_compiled) > CACHE_SIZE:
-            _compiled.popitem(last=False)
+    _remember(_compiled, key, function)
     return function
+
+
+def _remember(cache: OrderedDict, key, value) -> None:
+    """``cache[key] = value`` as the most recently used entry, dropping the least recently used past CACHE_SIZE."""
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > CACHE_SIZE:
+        cache.popitem(last=False)
+
+
+@contextlib.contextmanager
+def _raising_past_the_recompile_limit():
+    """Dynamo raises, instead of running eagerly in silence, where a loss traces more variants than it keeps."""
+    config = torch._dynamo.config
+    previous, config.fail_on_recompile_limit_hit = config.fail_on_recompile_limit_hit, True
+    try:
+        yield
+    finally:
+        config.fail_on_recompile_limit_hit = previous
 
 
 def _guarded(loss: Callable, kind, template: Callable, setting: str, what: str) -> Optional[Callable]:
     """``(*args) -> template(plain loss, *args)``, compiled, or None once torch.compile has failed on this loss and
-    kind; on a failure the call warns once and returns None, and the caller takes the eager pass (which raises the
-    loss's own error if it has one)."""
+    kind. A call returns None where the caller must take its eager pass: where torch.compile fails on the loss
+    (warned once, and eager from then on) and where the loss traces more variants than torch.compile keeps (warned
+    once; the variants compiled before stay compiled). An error of the loss itself, which the eager pass raises too,
+    is raised as the eager pass raises it, and changes nothing."""
     plain = plain_loss(loss)
     key = (_code(plain), kind)
     if key in _failed:
         return None
     function = _compiled_function(key, template)
+    name = getattr(plain, "__qualname__", plain)
 
     def call(*args):
         try:
-            return function(plain, *args)
-        except Exception as error:
-            _failed.add(key)
-            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            warnings.warn(f"{setting}: torch.compile failed on {getattr(plain, '__qualname__', plain)!s} "
-                          f"({type(error).__name__}: {first_line[:200]}); its {what} are taken eagerly",
-                          RuntimeWarning, stacklevel=4)
+            with _raising_past_the_recompile_limit():
+                return function(plain, *args)
+        except torch._dynamo.exc.FailOnRecompileLimitHit:
+            if key not in _past_limit:
+                _remember(_past_limit, key, None)
+                warnings.warn(f"{setting}: {name!s} traced more than torch.compile's "
+                              f"{torch._dynamo.config.recompile_limit} variants (other shapes, modules or "
+                              f"attribute values under one code); its {what} for new variants are taken eagerly",
+                              RuntimeWarning, stacklevel=4)
             return None
+        except Exception as error:
+            failure = error
+        template(plain, *args)  # eagerly: an error of the loss itself is raised here, as the eager pass raises it
+        _remember(_failed, key, None)
+        first_line = (str(failure).strip().splitlines() or [type(failure).__name__])[0]
+        warnings.warn(f"{setting}: torch.compile failed on {name!s} ({type(failure).__name__}: "
+                      f"{first_line[:200]}); its {what} are taken eagerly", RuntimeWarning, stacklevel=4)
+        return None
 
     return call
 

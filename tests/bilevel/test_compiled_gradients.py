@@ -265,3 +265,44 @@ def test_engines_of_more_problem_classes_than_dynamos_recompile_limit_are_each_c
         flat = [torch.cat([g[k].reshape(-1) for k in eager]) for g in (grads, eager)]
         assert relative_error(*flat) <= 1e-12
     assert counters["frames"]["ok"] - before == 10
+
+
+def test_two_engines_of_one_problem_share_one_graph():
+    from torch._dynamo.utils import counters
+
+    compiled._compiled.clear()
+    before = counters["frames"]["ok"]
+    for _ in range(2):
+        engine, _ = module_engine(True)
+        inner, outer = engine.inner.stored_params, engine.outer.stored_params
+        loss_gradients(engine._losses[0], inner, outer, engine.inner.data[0], (inner,))
+    assert counters["frames"]["ok"] - before == 1
+
+
+def test_variants_past_the_recompile_limit_warn_once_and_run_eagerly():
+    """Engines of one problem class over modules that trace differently: torch.compile keeps recompile_limit
+    graphs of one code, and the variants past it take the eager pass (with their own numbers) after one warning."""
+    import torch._dynamo
+
+    compiled._compiled.clear()
+    compiled._past_limit.clear()
+    with torch._dynamo.config.patch(recompile_limit=2), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for depth in range(1, 5):
+            engine, net = module_engine(True)
+            net.linear = torch.nn.Sequential(*[torch.nn.Linear(3, 3).to(DT) for _ in range(depth - 1)],
+                                             torch.nn.Linear(3, 1).to(DT))
+            engine = bilevel.Engine(inner=Lower(module=net, optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+                                                data=engine.inner.data),
+                                    outer=engine.outer, method="cg", config=engine.config)
+            inner, outer = engine.inner.stored_params, engine.outer.stored_params
+            batch = engine.inner.data[0]
+            value, (grads,) = loss_gradients(engine._losses[0], inner, outer, batch, (inner,))
+            eager_value, (eager,) = loss_gradients(engine.inner_loss, inner, outer, batch, (inner,))
+            flat = [torch.cat([g[k].reshape(-1) for k in eager]) for g in (grads, eager)]
+            assert abs(float(value - eager_value)) <= 1e-12 and relative_error(*flat) <= 1e-12
+    limit = [w for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(limit) == 1, [str(w.message) for w in limit]
+    assert str(limit[0].message).startswith("compile_gradients: ") and "traced more than torch.compile's 2 " \
+        "variants" in str(limit[0].message) and str(limit[0].message).endswith("its gradients for new variants "
+                                                                              "are taken eagerly")

@@ -118,3 +118,54 @@ def test_a_loss_torch_compile_fails_on_takes_the_eager_products_with_one_warning
         warnings.simplefilter("error")
         again = bilevel.hypergradient(loss, PROBLEM.f, *args, method)  # eager from now on, without a second warning
     assert all(torch.equal(again[k], eager[k]) for k in eager)
+
+
+def a_state():
+    """SOBA's state with a v that is not zero (with v = 0 this problem's hypergradient is 0)."""
+    v = torch.randn(len(PROBLEM.w0), generator=torch.Generator().manual_seed(5), dtype=DT)
+    return {"v": PROBLEM.inner_params(v), "calls": 3}
+
+
+def test_an_error_of_the_loss_itself_is_raised_as_eagerly_and_changes_nothing():
+    """A wrong batch fails the loss compiled or not: the eager error, no warning, and the next call is compiled."""
+    import warnings
+
+    import bilevel
+
+    compiled._compiled.clear()
+    compiled._failed.clear()
+    w, x = PROBLEM.inner_params(PROBLEM.w0), PROBLEM.outer_params(PROBLEM.x0)
+    method = SOBA(step=0.3, compile_products=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(RuntimeError, match=r"^size mismatch, got input \(40\), mat \(40x2\), vec \(5\)$"):
+            bilevel.hypergradient(PROBLEM.g, PROBLEM.f, w, x, (X[:, :2], Y), PROBLEM.outer_batch, method)
+    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)] and not compiled._failed
+    fused, eager = (bilevel.hypergradient(PROBLEM.g, PROBLEM.f, w, x, (X, Y), PROBLEM.outer_batch, soba,
+                                          state=a_state()) for soba in (method, SOBA(step=0.3)))
+    assert relative_error(PROBLEM.flat(fused), PROBLEM.flat(eager)) <= 1e-12 and float(PROBLEM.flat(eager).norm()) > 0
+    assert [key[1] for key in compiled._compiled] == ["joint"] and not compiled._failed
+
+
+def test_a_loss_method_of_an_object_with_its_own_getattr_is_compiled():
+    """The trace key is read from the instance's own attributes, past a __getattr__ that raises KeyError."""
+    import bilevel
+
+    class Settings:
+        def __init__(self):
+            self._values = {"scale": 2.0}
+
+        def __getattr__(self, name):
+            return self._values[name]
+
+        def g(self, w, x, batch):
+            return self.scale * PROBLEM.g(w, x, batch)
+
+    compiled._compiled.clear()
+    w, x = PROBLEM.inner_params(PROBLEM.w0), PROBLEM.outer_params(PROBLEM.x0)
+    settings = Settings()
+    fused, eager = (bilevel.hypergradient(settings.g, PROBLEM.f, w, x, (X, Y), PROBLEM.outer_batch, soba,
+                                          state=a_state())
+                    for soba in (SOBA(step=0.3, compile_products=True), SOBA(step=0.3)))
+    assert relative_error(PROBLEM.flat(fused), PROBLEM.flat(eager)) <= 1e-12 and float(PROBLEM.flat(eager).norm()) > 0
+    assert [key[1] for key in compiled._compiled] == ["joint"]
