@@ -46,7 +46,9 @@ class F2SA(HypergradientMethod):
     Engine hands over (the last inner step's batch and one outer batch); with ``fresh_batches=True`` the method asks
     the Engine for ``steps`` + 1 fresh batches of each level (:class:`~bilevel.StepBatches` in the functional API):
     y step t uses the t-th of each, h the last (one inner batch for both of h's g terms: their difference is then
-    free of the batch's noise where y = z). The order (z and y first, then x) is the paper's, and so is the start: the
+    free of the batch's noise where y = z). ``h_batches=2`` (with ``fresh_batches``) draws one more inner batch and
+    takes grad_x g(x, y) and grad_x g(x, z) on a batch each, as the benchopt benchmark's F2SA does: noisier by the
+    batch's noise times lambda, and the way to reproduce that code's iterates. The order (z and y first, then x) is the paper's, and so is the start: the
     Engine takes y_0 = z_0 before its first inner steps (:meth:`initial_state`), so y and z step in lockstep from the
     first iteration (with ``steps`` = ``inner_steps`` and SGD at lr they stay in step; a y steps ahead of or behind z
     would carry lambda times that offset into h). Under ``EngineConfig(reuse_inner_gradient=True)``, where the Engine
@@ -68,6 +70,7 @@ class F2SA(HypergradientMethod):
     decay: Optional[float] = None
     y_step: str = "lr/multiplier"
     fresh_batches: bool = False
+    h_batches: int = 1
 
     def __post_init__(self):
         if self.lr is not None:
@@ -83,9 +86,16 @@ class F2SA(HypergradientMethod):
             raise ValueError(f"F2SA: y_step must be one of {', '.join(Y_STEPS)}, got {self.y_step!r}")
         if not isinstance(self.fresh_batches, bool):
             raise ValueError(f"F2SA: fresh_batches must be True or False, got {self.fresh_batches!r}")
+        if self.h_batches not in (1, 2) or isinstance(self.h_batches, bool):
+            raise ValueError(f"F2SA: h_batches must be 1 (one inner batch for both g terms of h) or 2 (a batch "
+                             f"each), got {self.h_batches!r}")
+        if self.h_batches == 2 and not self.fresh_batches:
+            raise ValueError("F2SA: h_batches=2 takes h's two inner batches fresh; pass fresh_batches=True")
 
     def batches_per_call(self) -> tuple[int, int]:
-        return (self.steps + 1, self.steps + 1) if self.fresh_batches else super().batches_per_call()
+        if not self.fresh_batches:
+            return super().batches_per_call()
+        return self.steps + self.h_batches, self.steps + 1
 
     def initial_state(self, inner_params, outer_params):
         """y_0 = z_0, taken before the Engine's first inner steps."""
@@ -101,7 +111,9 @@ class F2SA(HypergradientMethod):
         calls, penalty = state["calls"], state["multiplier"]
         step_y = not from_initial_state or not all(torch.equal(state["y"][k], v.detach())
                                                    for k, v in inner_params.items())
-        *inner_steps, inner_last = per_step_batches(inner_batch, self.steps + 1, "F2SA")  # a plain batch: every step
+        # StepBatches: one per y step, then h's (one for both g terms, or one each); a plain batch: every step
+        inner_batches = per_step_batches(inner_batch, self.steps + self.h_batches, "F2SA")
+        inner_steps, at_y_batch, at_z_batch = inner_batches[:self.steps], inner_batches[self.steps], inner_batches[-1]
         *outer_steps, outer_last = per_step_batches(outer_batch, self.steps + 1, "F2SA")
         alpha = self.lr * (calls + 1) ** -(self.decay or 0.0) / (penalty if self.y_step == "lr/multiplier" else 1.0)
         fixed_x = P.detached(outer_params)
@@ -125,8 +137,8 @@ class F2SA(HypergradientMethod):
             self._check_y(y, inner_params, alpha, penalty, calls, losses, replay)
         at = P.detached(y, requires_grad=True)  # a loss that ignores x still has a graph
         outer, (outer_x,) = loss_gradients(outer_loss, at, outer_params, outer_last, (outer_params,))
-        _, (at_y,) = loss_gradients(inner_loss, at, outer_params, inner_last, (outer_params,))
-        _, (at_z,) = loss_gradients(inner_loss, inner_params, outer_params, inner_last, (outer_params,))
+        _, (at_y,) = loss_gradients(inner_loss, at, outer_params, at_y_batch, (outer_params,))
+        _, (at_z,) = loss_gradients(inner_loss, inner_params, outer_params, at_z_batch, (outer_params,))
         grads = {k: outer_x[k] + penalty * (at_y[k] - at_z[k]) for k in outer_x}
         diagnostics = {"gradient_evaluations": 2 * len(plan) + 3, "multiplier": penalty, "y_step": alpha,
                        "outer_loss": outer}

@@ -73,6 +73,62 @@ def test_f2sa_with_fresh_batches_takes_each_y_step_on_its_own_batches():
     assert relative_error(PROBLEM.flat(same_batches.state["y"]), y) > 1e-3
 
 
+def weighted_inner(w, x, batch):
+    """g = 0.5 e^x mean((X w - y)^2) + 0.5 ||w||^2: unlike ridge, grad_x g depends on the batch."""
+    features, targets = batch
+    return 0.5 * torch.exp(x["x"]).sum() * ((features @ w["w"] - targets) ** 2).mean() + 0.5 * (w["w"] ** 2).sum()
+
+
+def validation_mse(w, x, batch):
+    features, targets = batch
+    return 0.5 * ((features @ w["w"] - targets) ** 2).mean()
+
+
+def test_f2sa_with_two_h_batches_takes_each_g_term_of_h_on_its_own_batch():
+    """h_batches=2: y's steps as before, then grad_x g(x, y) on the next inner batch and grad_x g(x, z) on the last
+    (checked by hand on a loss whose grad_x g depends on the batch)."""
+    w, x, lr, multiplier = PROBLEM.w0, torch.tensor([0.3], dtype=DT), 0.2, 3.0
+    y0 = w + 0.1 * torch.randn(len(w), generator=torch.Generator().manual_seed(6), dtype=DT)
+    inner, outer = inner_slices(4), outer_slices(3)
+    state = {"y": {"w": y0.clone()}, "calls": 2, "multiplier": multiplier}
+    method = F2SA(lr=lr, multiplier=1.0, steps=2, fresh_batches=True, h_batches=2)
+    assert method.batches_per_call() == (4, 3)
+    result = bilevel.hypergradient(weighted_inner, validation_mse, {"w": w.clone()}, {"x": x.clone()},
+                                   StepBatches(inner), StepBatches(outer), method, state=state, return_result=True)
+
+    def grad_w_g(v, batch):
+        features, targets = batch
+        return torch.exp(x) * features.T @ (features @ v - targets) / len(targets) + v
+
+    def grad_x_g(v, batch):
+        features, targets = batch
+        return 0.5 * torch.exp(x) * ((features @ v - targets) ** 2).mean()
+
+    y = y0
+    for inner_batch, outer_batch in zip(inner[:2], outer[:2]):
+        y = y - lr / multiplier * (outer_grad_w(y, outer_batch) + multiplier * grad_w_g(y, inner_batch))
+    assert relative_error(result.state["y"]["w"], y) <= 1e-13
+    by_hand = multiplier * (grad_x_g(y, inner[2]) - grad_x_g(w, inner[3]))
+    assert relative_error(result.grads["x"], by_hand) <= 1e-13
+    one_batch = bilevel.hypergradient(weighted_inner, validation_mse, {"w": w.clone()}, {"x": x.clone()},
+                                      StepBatches(inner[:3]), StepBatches(outer),
+                                      F2SA(lr=lr, multiplier=1.0, steps=2, fresh_batches=True), state=state)
+    assert relative_error(one_batch["x"], multiplier * (grad_x_g(y, inner[2]) - grad_x_g(w, inner[2]))) <= 1e-13
+    assert relative_error(one_batch["x"], by_hand) > 1e-3  # the test can tell the batches apart
+    with pytest.raises(ValueError, match=r"^F2SA: StepBatches holds 3 batches but it takes 4 steps"):
+        bilevel.hypergradient(weighted_inner, validation_mse, {"w": w.clone()}, {"x": x.clone()},
+                              StepBatches(inner[:3]), StepBatches(outer), method, state=state)
+
+
+def test_f2sa_h_batches_is_one_or_two_and_two_needs_fresh_batches():
+    with pytest.raises(ValueError, match=r"^F2SA: h_batches must be 1 \(one inner batch for both g terms of h\) or "
+                                         r"2 \(a batch each\), got 3$"):
+        F2SA(h_batches=3)
+    with pytest.raises(ValueError, match=r"^F2SA: h_batches=2 takes h's two inner batches fresh; pass "
+                                         r"fresh_batches=True$"):
+        F2SA(h_batches=2)
+
+
 def test_f2sa_schedules_follow_the_papers_y_step_and_a_multiplier_grown_by_a_power():
     """lambda_{k+1} = lambda_k + growth (k+1)^-e and, with y_step="lr", alpha_k = lr (k+1)^-decay (not over lambda)."""
     method = F2SA(lr=0.01, multiplier=1.0, multiplier_growth=0.1, multiplier_growth_decay=1 / 7, decay=5 / 7,
@@ -115,6 +171,7 @@ class Outer(bilevel.Level):
     (AmIGO(iterations=3, step=0.1), 0, 1),
     (AmIGO(iterations=3, step=0.1, fresh_batches=True), 4, 1),
     (F2SA(lr=0.1, steps=2, fresh_batches=True), 3, 3),
+    (F2SA(lr=0.1, steps=2, fresh_batches=True, h_batches=2), 4, 3),
 ])
 def test_the_engine_draws_the_batches_the_method_asks_for(method, inner_per_call, outer_per_call):
     inner_data, outer_data = Counted(inner_slices(8)), Counted(outer_slices(6))
