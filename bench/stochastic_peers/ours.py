@@ -49,9 +49,24 @@ def plan(problem_name: str, solver: str, steps: int, compile_products: bool = Fa
         spec = bilevel.MethodSpec("f2sa", {"lr": step, "decay": 5 / 7, "y_step": "lr", "steps": n,
                                            "multiplier": multiplier["lmbda0"],
                                            "multiplier_growth": multiplier["delta_lmbda"],
-                                           "multiplier_growth_decay": 1 / 7, "fresh_batches": True})
+                                           "multiplier_growth_decay": 1 / 7, "fresh_batches": True,
+                                           "h_batches": 2})  # h's g terms on a batch each, as theirs
         return spec, n, 4 / 7, 4 / 7, False
     return stochastic.ROWS[solver], 1, 0.0, 0.0, False  # ours only: constant steps, one inner step, as bench/stochastic.py
+
+
+def engine_order(solver: str, inner_starts) -> list:
+    """Their inner batch starts in the order our Engine consumes them. Per iteration their F2SA draws, for each of
+    its n steps, one batch for y's g and one for z, then h's two (g at y, g at z); the Engine draws z's n batches
+    first (its inner steps), then the n + 2 the method asks for (y's, then h's two). Other solvers draw alike."""
+    if solver != "f2sa":
+        return list(inner_starts)
+    n = settings.N_INNER_STEPS
+    block, starts, ordered = 2 * n + 2, list(inner_starts), []
+    for first in range(0, len(starts) - block + 1, block):
+        draws = starts[first:first + block]
+        ordered += draws[1:2 * n:2] + draws[0:2 * n:2] + draws[2 * n:]
+    return ordered
 
 
 def run(problem_name: str, problem: dict, solver: str, steps: int, every: int, inner_starts, outer_starts,
@@ -79,7 +94,8 @@ def _run_once(problem_name, problem, solver, steps, every, inner_starts, outer_s
         return stochastic.FunctionalLevel(problem[f"{role}_loss"], role, params=params, optimizer=optimizer,
                                           scheduler=scheduler, data=data)
 
-    inner = level("inner", problem["inner"], ReplayBatches(problem["inner_data"], inner_starts, settings.BATCH_SIZE),
+    inner = level("inner", problem["inner"],
+                  ReplayBatches(problem["inner_data"], engine_order(solver, inner_starts), settings.BATCH_SIZE),
                   inner_lr, inner_decay, inner_steps)
     outer = level("outer", problem["outer"], ReplayBatches(problem["outer_data"], outer_starts, settings.BATCH_SIZE),
                   outer_lr, outer_decay, 1)

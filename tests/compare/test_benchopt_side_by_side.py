@@ -51,6 +51,35 @@ def x0(problem):
     return problem["outer"]["x"]
 
 
+@pytest.mark.parametrize("solver", ["f2sa", "amigo"])
+@pytest.mark.parametrize("name", ["quadratic", "datacleaning"])
+def test_our_engine_on_their_draws_gives_their_figures(solver, name, quadratic, datacleaning):
+    """Through the Engine, with their settings and their draws in the order the Engine takes them (F2SA: h's two g
+    terms on a batch each), our AmIGO and F2SA give their figure at every checkpoint, to rounding."""
+    problem = quadratic if name == "quadratic" else datacleaning
+    steps = 12
+    inner_starts, outer_starts = starts(problem, steps * (3 * settings.N_INNER_STEPS + 3))
+    mine = ours.run(name, problem, solver, steps, 4, inner_starts, outer_starts)
+    instance = theirs.build(CHECKOUT, solver, name, problem, settings.their_parameters(name, solver))
+    their = theirs.run(instance, steps, 4, problem["figure"], settings.N_INNER_STEPS, solver, 4)
+    figure = report.figure_name(mine)
+    assert [p["step"] for p in mine] == [p["step"] for p in their] == [4, 8, 12]
+    assert abs(mine[-1][figure] - mine[0][figure]) > 1e-3  # the figure did move
+    for a, b in zip(mine, their):
+        assert abs(a[figure] - b[figure]) <= 1e-12 * max(1.0, abs(b[figure])), (a["step"], a[figure], b[figure])
+        assert a["gradients"] == b["gradients"] and a["products"] == b["products"]
+
+
+def test_engine_order_puts_their_f2sa_draws_where_the_engine_takes_them(monkeypatch):
+    """Their per-iteration inner draws (y_0, z_0, ..., y_{n-1}, z_{n-1}, h_y, h_z) become the Engine's (z's n, y's
+    n, h_y, h_z); other solvers' draws stay in their order."""
+    monkeypatch.setattr(settings, "N_INNER_STEPS", 2)
+    draws = ["y0", "z0", "y1", "z1", "hy", "hz", "Y0", "Z0", "Y1", "Z1", "HY", "HZ"]
+    assert ours.engine_order("f2sa", draws) == ["z0", "z1", "y0", "y1", "hy", "hz", "Z0", "Z1", "Y0", "Y1", "HY",
+                                                "HZ"]
+    assert ours.engine_order("amigo", draws) == draws
+
+
 def test_their_oracles_are_our_losses(quadratic, datacleaning):
     """The JAX oracles written for their solvers give our PyTorch losses on the same slice (float64)."""
     import jax.numpy as jnp
