@@ -253,18 +253,26 @@ def test_engines_of_more_problem_classes_than_dynamos_recompile_limit_are_each_c
     before = counters["frames"]["ok"]
     for scale in range(1, 11):
         lower = type(f"Lower{scale}", (Lower,), {"loss": lambda self, batch, s=scale: s * Lower.loss(self, batch)})
-        engine, net = module_engine(True)
-        engine = bilevel.Engine(inner=lower(module=net, optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
-                                            data=engine.inner.data),
-                                outer=engine.outer, method="cg", config=engine.config)
-        inner, outer = engine.inner.stored_params, engine.outer.stored_params
-        batch = engine.inner.data[0]
-        value, (grads,) = loss_gradients(engine._losses[0], inner, outer, batch, (inner,))
-        eager_value, (eager,) = loss_gradients(engine.inner_loss, inner, outer, batch, (inner,))
-        assert abs(float(value - eager_value)) <= 1e-12 and float(eager_value) > 0
-        flat = [torch.cat([g[k].reshape(-1) for k in eager]) for g in (grads, eager)]
-        assert relative_error(*flat) <= 1e-12
+        check_compiled_inner_gradient(lower)
     assert counters["frames"]["ok"] - before == 10
+
+
+def check_compiled_inner_gradient(lower_class, depth=None):
+    """An Engine whose inner level is ``lower_class`` over module_engine's net (its linear layer made ``depth``
+    layers deep, if given): the compiled inner loss's gradient gives the eager numbers."""
+    template, net = module_engine(True)
+    if depth is not None:
+        net.linear = torch.nn.Sequential(*[torch.nn.Linear(3, 3).to(DT) for _ in range(depth - 1)],
+                                         torch.nn.Linear(3, 1).to(DT))
+    engine = bilevel.Engine(inner=lower_class(module=net, optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+                                              data=template.inner.data),
+                            outer=template.outer, method="cg", config=template.config)
+    inner, outer = engine.inner.stored_params, engine.outer.stored_params
+    batch = engine.inner.data[0]
+    value, (grads,) = loss_gradients(engine._losses[0], inner, outer, batch, (inner,))
+    eager_value, (eager,) = loss_gradients(engine.inner_loss, inner, outer, batch, (inner,))
+    flat = [torch.cat([g[k].reshape(-1) for k in eager]) for g in (grads, eager)]
+    assert abs(float(value - eager_value)) <= 1e-12 and float(eager_value) > 0 and relative_error(*flat) <= 1e-12
 
 
 def test_two_engines_of_one_problem_share_one_graph():
@@ -289,18 +297,7 @@ def test_variants_past_the_recompile_limit_warn_once_and_run_eagerly():
     with torch._dynamo.config.patch(recompile_limit=2), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for depth in range(1, 5):
-            engine, net = module_engine(True)
-            net.linear = torch.nn.Sequential(*[torch.nn.Linear(3, 3).to(DT) for _ in range(depth - 1)],
-                                             torch.nn.Linear(3, 1).to(DT))
-            engine = bilevel.Engine(inner=Lower(module=net, optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
-                                                data=engine.inner.data),
-                                    outer=engine.outer, method="cg", config=engine.config)
-            inner, outer = engine.inner.stored_params, engine.outer.stored_params
-            batch = engine.inner.data[0]
-            value, (grads,) = loss_gradients(engine._losses[0], inner, outer, batch, (inner,))
-            eager_value, (eager,) = loss_gradients(engine.inner_loss, inner, outer, batch, (inner,))
-            flat = [torch.cat([g[k].reshape(-1) for k in eager]) for g in (grads, eager)]
-            assert abs(float(value - eager_value)) <= 1e-12 and relative_error(*flat) <= 1e-12
+            check_compiled_inner_gradient(Lower, depth)
     limit = [w for w in caught if issubclass(w.category, RuntimeWarning)]
     assert len(limit) == 1, [str(w.message) for w in limit]
     assert str(limit[0].message).startswith("compile_gradients: ") and "traced more than torch.compile's 2 " \
