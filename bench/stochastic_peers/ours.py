@@ -12,12 +12,17 @@ from . import report, settings
 
 
 class ReplayBatches:
-    """The batches ``data[start:start + batch_size]`` in the order of ``starts`` (their sampler's draws)."""
+    """The batches ``data[start:start + batch_size]`` in the order of ``starts`` (their sampler's draws), once: a
+    level that restarted them would take draws already taken, so a second pass is an error."""
 
     def __init__(self, tensors, starts, batch_size):
         self.tensors, self.starts, self.batch_size = tensors, [int(s) for s in starts], batch_size
+        self.started = False
 
     def __iter__(self):
+        if self.started:
+            raise RuntimeError(f"ReplayBatches: all {len(self.starts)} of their draws are used; sample more")
+        self.started = True
         for start in self.starts:
             yield tuple(t[start:start + self.batch_size] for t in self.tensors)
 

@@ -41,13 +41,14 @@ class StepBatches(_Batches):
     """
 
 
-def per_step_batches(batch: Any, steps: int, owner: str = "unroll") -> Tuple[Any, ...]:
-    """The batch of each of ``steps`` steps of ``owner``: those of :class:`StepBatches`, else ``batch`` every step."""
+def per_step_batches(batch: Any, steps: int, owner: str = "unroll", uses: str = "") -> Tuple[Any, ...]:
+    """The batch of each of ``steps`` steps of ``owner``: those of :class:`StepBatches`, else ``batch`` every step.
+    ``uses`` says, for the error, what the batches are for where they are not all steps."""
     if not isinstance(batch, StepBatches):
         return (batch,) * steps
     if len(batch) != steps:
-        raise ValueError(f"{owner}: StepBatches holds {len(batch)} batches but it takes {steps} steps; pass one "
-                         "batch per step")
+        raise ValueError(f"{owner}: StepBatches holds {len(batch)} batches but it takes {steps}"
+                         f"{f' ({uses})' if uses else ' steps'}; pass that many batches")
     return batch.batches
 
 

@@ -85,7 +85,8 @@ class AmIGO(ImplicitMethod):
         if not (self.fresh_batches or self.compile_products):
             return super().compute(inner_loss, outer_loss, inner_params, outer_params, inner_batch, outer_batch, state)
         if self.fresh_batches:
-            *system, last = per_step_batches(inner_batch, self.iterations + 1, "AmIGO")
+            *system, last = per_step_batches(inner_batch, self.iterations + 1, "AmIGO",
+                                             f"{self.iterations} linear-system steps and the mixed product")
             batches = iter(system)
         else:  # one batch for every product (CG may take one more than M, from its warm start)
             batches, last = itertools.repeat(inner_batch), inner_batch

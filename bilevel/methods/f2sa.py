@@ -86,7 +86,7 @@ class F2SA(HypergradientMethod):
             raise ValueError(f"F2SA: y_step must be one of {', '.join(Y_STEPS)}, got {self.y_step!r}")
         if not isinstance(self.fresh_batches, bool):
             raise ValueError(f"F2SA: fresh_batches must be True or False, got {self.fresh_batches!r}")
-        if self.h_batches not in (1, 2) or isinstance(self.h_batches, bool):
+        if type(self.h_batches) is not int or self.h_batches not in (1, 2):
             raise ValueError(f"F2SA: h_batches must be 1 (one inner batch for both g terms of h) or 2 (a batch "
                              f"each), got {self.h_batches!r}")
         if self.h_batches == 2 and not self.fresh_batches:
@@ -112,9 +112,11 @@ class F2SA(HypergradientMethod):
         step_y = not from_initial_state or not all(torch.equal(state["y"][k], v.detach())
                                                    for k, v in inner_params.items())
         # StepBatches: one per y step, then h's (one for both g terms, or one each); a plain batch: every step
-        inner_batches = per_step_batches(inner_batch, self.steps + self.h_batches, "F2SA")
+        inner_batches = per_step_batches(inner_batch, self.steps + self.h_batches, "F2SA",
+                                         f"inner: {self.steps} y steps and {self.h_batches} for h")
         inner_steps, at_y_batch, at_z_batch = inner_batches[:self.steps], inner_batches[self.steps], inner_batches[-1]
-        *outer_steps, outer_last = per_step_batches(outer_batch, self.steps + 1, "F2SA")
+        *outer_steps, outer_last = per_step_batches(outer_batch, self.steps + 1, "F2SA",
+                                                    f"outer: {self.steps} y steps and 1 for h")
         alpha = self.lr * (calls + 1) ** -(self.decay or 0.0) / (penalty if self.y_step == "lr/multiplier" else 1.0)
         fixed_x = P.detached(outer_params)
 

@@ -144,6 +144,7 @@ def test_user_registered_method_works_without_touching_the_library(private_regis
     ("f2sa", "lr", 0.0), ("f2sa", "multiplier", 0.0), ("f2sa", "multiplier_growth", -1.0), ("f2sa", "steps", 0),
     ("f2sa", "multiplier_growth_decay", -0.5), ("f2sa", "decay", 1.5), ("f2sa", "y_step", "lr*multiplier"),
     ("f2sa", "fresh_batches", "yes"), ("f2sa", "h_batches", 0), ("f2sa", "h_batches", True),
+    ("f2sa", "h_batches", 2.0),
     ("bome", "step", 0.0), ("bome", "eta", 0.0), ("bome", "decay", 1.5), ("bome", "decay_start", 0),
 ])
 def test_invalid_settings_raise_value_error_naming_the_field(name, field, value):

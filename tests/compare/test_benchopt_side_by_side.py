@@ -123,9 +123,8 @@ def test_evaluation_counts_add_up(solver, quadratic):
     ours_per_step = {"soba": (2, 1), "amigo": (2 * n + 2, n + 1), "f2sa": (n + 2 * n + 3, 0)}[solver]
     assert (ours_points[-1]["gradients"], ours_points[-1]["products"]) == tuple(
         steps * c for c in ours_per_step) == (their_points[-1]["gradients"], their_points[-1]["products"])
-    if solver in ("soba", "amigo"):  # the papers' order and sampling on both sides, the same draws: the same iterates
-        for mine, their in zip(ours_points, their_points):
-            assert mine["rel_error"] == pytest.approx(their["rel_error"], rel=1e-12)
+    for mine, their in zip(ours_points, their_points):  # the same order, sampling and draws: the same iterates
+        assert mine["rel_error"] == pytest.approx(their["rel_error"], rel=1e-12)
     assert ours_points[1]["gradients"] == 2 * ours_points[0]["gradients"]  # the same cost every step
     for points in (ours_points, their_points):
         assert all(p["seconds"] > 0 for p in points)
@@ -197,3 +196,9 @@ def test_rounds_interleave_the_sides_and_each_row_keeps_its_own_runs(monkeypatch
     assert rows[("soba_paper_steps", "theirs")][-1]["rel_error"] != rows[("soba", "theirs")][-1]["rel_error"]
     assert rows[("soba", "ours")][-1]["rel_error"] == pytest.approx(rows[("soba", "theirs")][-1]["rel_error"],
                                                                    rel=1e-12)
+
+
+def test_a_run_that_outlasts_their_draws_stops_instead_of_reusing_them(quadratic):
+    inner_starts, outer_starts = starts(quadratic, 3 * settings.N_INNER_STEPS + 3)  # one F2SA step's worth
+    with pytest.raises(RuntimeError, match=r"^ReplayBatches: all \d+ of their draws are used; sample more$"):
+        ours.run("quadratic", quadratic, "f2sa", 3, 3, inner_starts, outer_starts)
