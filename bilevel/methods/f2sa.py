@@ -47,11 +47,11 @@ class F2SA(HypergradientMethod):
     the Engine for ``steps`` + 1 fresh batches of each level (:class:`~bilevel.StepBatches` in the functional API):
     y step t uses the t-th of each, h the last (one inner batch for both of h's g terms: their difference is then
     free of the batch's noise where y = z). ``h_batches=2`` (with ``fresh_batches``) draws one more inner batch and
-    takes grad_x g(x, y) and grad_x g(x, z) on a batch each, as the benchopt benchmark's F2SA does: noisier by the
-    batch's noise times lambda, and the way to reproduce that code's iterates. The order (z and y first, then x) is the paper's, and so is the start: the
-    Engine takes y_0 = z_0 before its first inner steps (:meth:`initial_state`), so y and z step in lockstep from the
-    first iteration (with ``steps`` = ``inner_steps`` and SGD at lr they stay in step; a y steps ahead of or behind z
-    would carry lambda times that offset into h). Under ``EngineConfig(reuse_inner_gradient=True)``, where the Engine
+    takes grad_x g(x, y) and grad_x g(x, z) on a batch each, as the benchopt benchmark's F2SA does: each term's batch
+    noise then reaches h multiplied by lambda, and it is the way to reproduce that code's iterates. The order (z and
+    y first, then x) is the paper's, and so is the start: the Engine takes y_0 = z_0 before its first inner steps
+    (:meth:`initial_state`), so y and z step in lockstep from the first iteration (with ``steps`` = ``inner_steps``
+    and SGD at lr they stay in step; a y steps ahead of or behind z would carry lambda times that offset into h). Under ``EngineConfig(reuse_inner_gradient=True)``, where the Engine
     calls the method before z's steps, y skips its steps on the first call, so the two stay in lockstep in that order
     too. Without state (the functional API) y_0 is a copy of z as given and y takes its steps. A
     growing multiplier rescales lambda (y - z) between calls, a bias in h of about the growth / lambda relative to

@@ -46,8 +46,8 @@ def test_amigo_with_fresh_batches_takes_each_linear_system_step_on_its_own_batch
 
 
 def test_amigo_fresh_batches_need_one_batch_per_step_and_gradient_descent():
-    with pytest.raises(ValueError, match=r"^AmIGO: StepBatches holds 3 batches but it takes 4 \(3 linear-system steps and the "
-                                         r"mixed product\); pass that many batches$"):
+    with pytest.raises(ValueError, match=r"^AmIGO: StepBatches holds 3 batches but it takes 4 \(3 linear-system "
+                                         r"steps and the mixed product\); pass that many batches$"):
         hypergradient(PROBLEM, AmIGO(iterations=3, step=0.1, fresh_batches=True), PROBLEM.w0, PROBLEM.x0,
                       inner_batch=StepBatches(inner_slices(3)))
     with pytest.raises(ValueError, match="fresh_batches needs solver='gd'"):
@@ -116,8 +116,8 @@ def test_f2sa_with_two_h_batches_takes_each_g_term_of_h_on_its_own_batch():
                                       F2SA(lr=lr, multiplier=1.0, steps=2, fresh_batches=True), state=state)
     assert relative_error(one_batch["x"], multiplier * (grad_x_g(y, inner[2]) - grad_x_g(w, inner[2]))) <= 1e-13
     assert relative_error(one_batch["x"], by_hand) > 1e-3  # the test can tell the batches apart
-    with pytest.raises(ValueError, match=r"^F2SA: StepBatches holds 3 batches but it takes 4 \(inner: 2 y steps and 2 for "
-                                         r"h\); pass that many batches$"):
+    with pytest.raises(ValueError, match=r"^F2SA: StepBatches holds 3 batches but it takes 4 \(inner: 2 y "
+                                         r"steps and 2 for h\); pass that many batches$"):
         bilevel.hypergradient(weighted_inner, validation_mse, {"w": w.clone()}, {"x": x.clone()},
                               StepBatches(inner[:3]), StepBatches(outer), method, state=state)
 
