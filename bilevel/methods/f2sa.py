@@ -51,10 +51,10 @@ class F2SA(HypergradientMethod):
     noise then reaches h multiplied by lambda, and it is the way to reproduce that code's iterates. The order (z and
     y first, then x) is the paper's, and so is the start: the Engine takes y_0 = z_0 before its first inner steps
     (:meth:`initial_state`), so y and z step in lockstep from the first iteration (with ``steps`` = ``inner_steps``
-    and SGD at lr they stay in step; a y steps ahead of or behind z would carry lambda times that offset into h). Under ``EngineConfig(reuse_inner_gradient=True)``, where the Engine
-    calls the method before z's steps, y skips its steps on the first call, so the two stay in lockstep in that order
-    too. Without state (the functional API) y_0 is a copy of z as given and y takes its steps. A
-    growing multiplier rescales lambda (y - z) between calls, a bias in h of about the growth / lambda relative to
+    and SGD at lr they stay in step; a y steps ahead of or behind z would carry lambda times that offset into h).
+    Under ``EngineConfig(reuse_inner_gradient=True)``, where the Engine calls the method before z's steps, y skips
+    its steps on the first call, so the two stay in lockstep in that order too. Without state (the functional API)
+    y_0 is a copy of z as given and y takes its steps. A growing multiplier rescales lambda (y - z) between calls, a bias in h of about the growth / lambda relative to
     one y step's contraction: grow it slowly.
     Cost per call: 2 * steps + 3 forward+backward passes, no second derivatives.
     """
