@@ -54,8 +54,8 @@ class F2SA(HypergradientMethod):
     and SGD at lr they stay in step; a y steps ahead of or behind z would carry lambda times that offset into h).
     Under ``EngineConfig(reuse_inner_gradient=True)``, where the Engine calls the method before z's steps, y skips
     its steps on the first call, so the two stay in lockstep in that order too. Without state (the functional API)
-    y_0 is a copy of z as given and y takes its steps. A growing multiplier rescales lambda (y - z) between calls, a bias in h of about the growth / lambda relative to
-    one y step's contraction: grow it slowly.
+    y_0 is a copy of z as given and y takes its steps. A growing multiplier rescales lambda (y - z) between calls, a
+    bias in h of about the growth / lambda relative to one y step's contraction: grow it slowly.
     Cost per call: 2 * steps + 3 forward+backward passes, no second derivatives.
     """
 
