@@ -121,25 +121,24 @@ def table(checkout: str, steps: int, block_sizes, epoch: int, repeats: int) -> s
     runs = [run_blocks(problem, eager, 1, inner_starts, outer_starts, steps) for _ in range(repeats)]
     rows.append(("ours: the step alone, torch.func, eager", min(r[2] for r in runs), None,
                  largest_difference(runs[0][:2], reference)))
-    for size in block_sizes:
-        if steps % size:
-            raise SystemExit(f"--steps ({steps}) must be a multiple of every --block ({size})")
-        compiled = torch.compile(soba_block(problem, size), dynamic=False)
+    def compiled_row(label, compiled, size):
+        """The row of ``compiled`` taking ``size`` steps a call: its first call's seconds (compilation), then the
+        fastest of ``repeats`` runs."""
         begin = time.perf_counter()
         compiled(*_zeros(problem), torch.as_tensor(inner_starts[:size]), torch.as_tensor(outer_starts[:size]))
         compile_seconds = time.perf_counter() - begin
         runs = [run_blocks(problem, compiled, size, inner_starts, outer_starts, steps) for _ in range(repeats)]
-        rows.append((f"ours: torch.compile, {size} step{'s' if size > 1 else ''} per call", min(r[2] for r in runs),
-                     compile_seconds, largest_difference(runs[0][:2], reference)))
+        return label, min(r[2] for r in runs), compile_seconds, largest_difference(runs[0][:2], reference)
+
+    for size in block_sizes:
+        if steps % size:
+            raise SystemExit(f"--steps ({steps}) must be a multiple of every --block ({size})")
+        rows.append(compiled_row(f"ours: torch.compile, {size} step{'s' if size > 1 else ''} per call",
+                                 torch.compile(soba_block(problem, size), dynamic=False), size))
     for code, options in (("", {}), (", scalar code", {"cpp.simdlen": 1})):
-        compiled = torch.compile(soba_scan(problem), dynamic=False, fullgraph=True,
-                                 options={"cpp_wrapper": True, **options})
-        begin = time.perf_counter()
-        compiled(*_zeros(problem), torch.as_tensor(inner_starts), torch.as_tensor(outer_starts))
-        compile_seconds = time.perf_counter() - begin
-        runs = [run_blocks(problem, compiled, steps, inner_starts, outer_starts, steps) for _ in range(repeats)]
-        rows.append((f"ours: torch.compile, a scan over all {steps} steps (C++ wrapper{code})",
-                     min(r[2] for r in runs), compile_seconds, largest_difference(runs[0][:2], reference)))
+        rows.append(compiled_row(f"ours: torch.compile, a scan over all {steps} steps (C++ wrapper{code})",
+                                 torch.compile(soba_scan(problem), dynamic=False, fullgraph=True,
+                                               options={"cpp_wrapper": True, **options}), steps))
     lines = [f"SOBA on {NAME}, {steps} steps; the fastest of {repeats} passes per row",
              "", "| row | us / step | ratio to theirs | compile (s) | largest difference from their iterates |",
              "|---|---|---|---|---|"]

@@ -145,16 +145,15 @@ def _raising_past_the_recompile_limit():
         config.fail_on_recompile_limit_hit = previous
 
 
-def _guarded(loss: Callable, kind, template: Callable, setting: str, what: str) -> Optional[Callable]:
-    """``(*args) -> template(plain loss, *args)``, compiled, or None once torch.compile has failed on this loss and
-    kind. A call returns None where the caller must take its eager pass: where torch.compile fails on the loss
-    (warned once, and eager from then on) and where the loss traces more variants than torch.compile keeps (warned
-    once; the variants compiled before stay compiled). An error of the loss itself, which the eager pass raises too,
-    is raised as the eager pass raises it, and changes nothing."""
+def _guarded(loss: Callable, kind, template: Callable, setting: str, what: str) -> Callable:
+    """``(*args) -> template(plain loss, *args)``, compiled; None where the caller must take its eager pass: once
+    torch.compile has failed on this loss and kind (warned once, and eager from then on), and where the loss traces
+    more variants than torch.compile keeps (warned once; the variants compiled before stay compiled). An error of the
+    loss itself, which the eager pass raises too, is raised as the eager pass raises it, and changes nothing."""
     plain = plain_loss(loss)
     key = (_code(plain), kind)
     if key in _failed:
-        return None
+        return lambda *args: None
     function = _compiled_function(key, template)
     name = getattr(plain, "__qualname__", plain)
 
@@ -205,8 +204,6 @@ def compiled_gradients(loss: Callable, inner_params: Params, outer_params: Param
     if any(t.grad_fn is not None for params in (inner_params, outer_params) for t in params.values()):
         return None
     function = _guarded(loss, ("gradient", argnums), _gradient(argnums), "compile_gradients", "gradients")
-    if function is None:
-        return None
     inner, outer = P.detached(inner_params), P.detached(outer_params)
 
     def on_piece(batch):
@@ -224,9 +221,8 @@ def compiled_matvec(loss: Callable, inner_params: Params, outer_params: Params, 
     """``H v`` of ``loss`` at ``(inner_params, outer_params)`` on ``batch``, by the loss's compiled product (averaged
     across ranks under torch.distributed, as the eager products are); None where torch.compile failed on the loss
     (warned once): take the eager product."""
-    function = _guarded(loss, "matvec", _matvec, "compile_products", "Hessian-vector products")
-    product = None if function is None else function(P.detached(inner_params), P.detached(outer_params), batch,
-                                                     P.detached(vector))
+    product = _guarded(loss, "matvec", _matvec, "compile_products", "Hessian-vector products")(
+        P.detached(inner_params), P.detached(outer_params), batch, P.detached(vector))
     return None if product is None else mean_across_ranks({k: product[k] for k in inner_params})
 
 
@@ -234,9 +230,8 @@ def compiled_products(loss: Callable, inner_params: Params, outer_params: Params
     """``(H v, (d^2 g / dx dw) v, grad_w g, g)`` at ``(inner_params, outer_params)`` on ``batch`` from one compiled
     call, as :meth:`InnerHessian.matvec_mixed_and_gradient` returns them (averaged across ranks in one collective);
     None where torch.compile failed on the loss (warned once): take the eager products."""
-    function = _guarded(loss, "joint", _joint, "compile_products", "second-derivative products")
-    computed = None if function is None else function(P.detached(inner_params), P.detached(outer_params), batch,
-                                                      P.detached(vector))
+    computed = _guarded(loss, "joint", _joint, "compile_products", "second-derivative products")(
+        P.detached(inner_params), P.detached(outer_params), batch, P.detached(vector))
     if computed is None:
         return None
     hvp, mixed, gradient, value = computed
