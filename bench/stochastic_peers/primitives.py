@@ -4,7 +4,9 @@ The product is also timed as ``torch.compile`` of a ``torch.func`` vjp of the gr
 before timing), as ``compile_products=True`` takes it, and the gradient as ``loss_gradients`` takes it for a loss
 marked by ``bilevel.autodiff.compile_gradients`` (``EngineConfig(compile_gradients=True)``). The per-step wall
 times of bench/stochastic_peers are sums of these primitives plus each library's own work; timing them alone says
-which part of a gap is PyTorch's eager autograd and which is ours. Both sides on one core, float64, the same 64-row
+which part of a gap is PyTorch's eager autograd and which is ours. The last row is the float64 matrix product under
+all of them, a batch's rows (64 x 1,000) by the weights (1,000 x 100): its library (MKL for PyTorch on x86) sets a
+floor no compilation moves. Both sides on one core, float64, the same 64-row
 batches, 100 calls each after 5 untimed ones, the fastest of ``--repeats`` rounds.
 
     python -m bench.stochastic_peers.primitives
@@ -28,6 +30,7 @@ from .theirs import jax, jnp
 BATCH = 64
 COMPILED = "hessian-vector product, torch.compile of torch.func"
 COMPILED_GRADIENT = "gradient, compile_gradients"
+MATRIX_PRODUCT = "matrix product, batch rows @ weights"
 
 
 def torch_primitives(problem):
@@ -64,11 +67,16 @@ def torch_primitives(problem):
         return list(bilevel.autodiff.loss_gradients(marked, detached, outer, batches[i % len(batches)],
                                                     (detached,))[1][0].values())
 
+    weights = next(t.detach() for t in w.values() if t.dim() == 2)
+
+    def matrix_product(i):
+        return [batches[i % len(batches)][0] @ weights]
+
     return ({"gradient": gradient, "hessian-vector product": hvp, COMPILED: compiled_hvp,
-             COMPILED_GRADIENT: compiled_gradient}, (w, x, v, len(batches)))
+             COMPILED_GRADIENT: compiled_gradient, MATRIX_PRODUCT: matrix_product}, (w, x, v, len(batches), rows))
 
 
-def jax_primitives(problem, w, x, v, n_batches):
+def jax_primitives(problem, w, x, v, n_batches, rows):
     """The same two in JAX, jitted, on the side-by-side runner's own oracle (:func:`theirs.oracles`, flat inner
     vector): ``jax.grad`` and a ``jax.vjp`` of it (as their solvers take H v)."""
     f_inner = theirs.oracles("datacleaning_wide", problem)[0]
@@ -79,8 +87,12 @@ def jax_primitives(problem, w, x, v, n_batches):
     weights, outer, direction = flat(w.values()), flat(x.values()), flat(v)
     product = lambda i: jax.block_until_ready(hvp(weights, outer, (i % n_batches) * BATCH, direction))  # noqa: E731
     gradient_at = lambda i: jax.block_until_ready(gradient(weights, outer, (i % n_batches) * BATCH))  # noqa: E731
+    matmul = jax.jit(lambda a, b: a @ b)
+    weight = jnp.asarray(next(t for t in w.values() if t.dim() == 2).detach().numpy())
+    row_batches = [jnp.asarray(rows[i * BATCH:(i + 1) * BATCH].numpy()) for i in range(n_batches)]
+    matrix_product = lambda i: jax.block_until_ready(matmul(row_batches[i % n_batches], weight))  # noqa: E731
     return {"gradient": gradient_at, "hessian-vector product": product, COMPILED: product,
-            COMPILED_GRADIENT: gradient_at}
+            COMPILED_GRADIENT: gradient_at, MATRIX_PRODUCT: matrix_product}
 
 
 def seconds_per_call(function, calls: int = 100) -> float:
@@ -99,7 +111,7 @@ def table(repeats: int = 3) -> str:
     theirs = jax_primitives(problem, *state)
     for name in ours:  # the same numbers first: both sides compute one function
         flat_ours = np.concatenate([t.detach().numpy().reshape(-1) for t in ours[name](3)])  # flat, as theirs
-        difference = float(np.abs(np.asarray(theirs[name](3)) - flat_ours).max())
+        difference = float(np.abs(np.asarray(theirs[name](3)).reshape(-1) - flat_ours).max())
         assert difference < 1e-10, f"{name}: PyTorch and JAX differ by {difference:.3g}"
     lines = ["| primitive | PyTorch eager (ms) | JAX jit (ms) | ratio |", "|---|---|---|---|"]
     for name in ours:
